@@ -1,0 +1,63 @@
+"""fgad-eval: image/pixel AUROC, AUPRO and F1-max of a checkpoint, with overlays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from fgad.cli.common import friendly_errors, setup_logging, split_classes
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="fgad-train output directory.")
+@click.option("--config", "config_name", default=None,
+              help="Evaluate an untrained model of this variant instead of a checkpoint.")
+@click.option("--data", "data_root", required=True, type=click.Path(path_type=Path), help="Dataset root.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output directory.")
+@click.option("--shots", type=click.IntRange(0, 64), default=0, show_default=True,
+              help="Normal reference images per class (0 = zero-shot).")
+@click.option("--classes", multiple=True, help="Evaluate these classes only (comma-separated or repeated).")
+@click.option("--pretrained", default=None, help="Override the weights source (tag, file, local-dir:DIR).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the reference-image choice.")
+@click.option("--box-prior", default="none", show_default=True, help="Box prior: none.")
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--overlays", "num_overlays", type=int, default=8, show_default=True, help="Overlay PNGs per class.")
+@click.option("--max-images", type=int, default=None, help="Evaluate at most this many test images per class.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("-v", "--verbose", is_flag=True)
+@friendly_errors
+def main(checkpoint: Path | None, config_name: str | None, data_root: Path, out_dir: Path, shots: int,
+         classes: tuple[str, ...], pretrained: str | None, seed: int, box_prior: str, batch_size: int,
+         num_overlays: int, max_images: int | None, progress: bool, verbose: bool) -> None:
+    """Write metrics.json, metrics.md, predictions.jsonl and overlays/ to OUT."""
+    setup_logging(verbose)
+    import torch
+
+    from fgad.evaluation import EvalSettings, evaluate
+
+    torch.set_grad_enabled(False)
+    if (checkpoint is None) == (config_name is None):
+        raise click.UsageError("pass exactly one of --checkpoint or --config")
+    if checkpoint is not None:
+        from fgad.train.checkpoint import load_checkpoint
+
+        model, _, _ = load_checkpoint(checkpoint, pretrained=pretrained)
+        source = str(checkpoint)
+    else:
+        from fgad.config import load_config
+        from fgad.models.build import build_model
+
+        model = build_model(load_config(config_name).model, pretrained=pretrained)
+        source = f"untrained {config_name}"
+    settings = EvalSettings(shots=shots, seed=seed, batch_size=batch_size, num_overlays=num_overlays,
+                            box_prior=box_prior, max_images=max_images, extra={"source": source})
+    result = evaluate(model, data_root, out_dir, split_classes(classes), settings, progress=progress)
+    click.echo((out_dir / "metrics.md").read_text())
+    total = sum(v["seconds"] for v in result["classes"].values())
+    images = sum(v["images"] for v in result["classes"].values())
+    click.echo(f"{images} images in {total:.1f}s ({total / max(images, 1):.3f}s per image); results in {out_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,309 @@
+"""Configuration: frozen dataclasses, with variants as YAML files in ``fgad/configs``.
+
+Every shape the model uses (input size, patch size, widths, layer indices) is stated here, so
+``forward`` never derives shapes from tensors and an exported graph never freezes Python
+arithmetic on tensor sizes. :func:`load_config` accepts a built-in variant name
+(``filo-vitl14-336``, ``tiny-test``, ...) or a path to a YAML/JSON file; a file may name a
+``base`` variant and override only some fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """The frozen open_clip CLIP model and its dual-path (V-V) forward."""
+
+    model_name: str = "ViT-L-14-336"  # open_clip model name, or `local-dir:DIR`
+    pretrained: str | None = "openai"  # open_clip tag, weights file, or None for random init
+    init_seed: int = 0  # seed of the random init when `pretrained` is None (recorded, checked)
+    image_size: int = 518  # s: input side; the position grid is resized to s / patch_size
+    patch_size: int = 14  # p
+    width: int = 1024  # D: visual transformer width
+    heads: int = 16  # visual attention heads
+    layers: int = 24  # L: visual transformer blocks
+    embed_dim: int = 768  # C: joint image-text embedding width
+    text_width: int = 768  # W: text transformer width
+    context_length: int = 77  # text tokens
+    quick_gelu: bool = True  # OpenAI weights were trained with QuickGELU
+    vv_start: int = 7  # l0: first block (1-indexed) with a V-V path
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+    @property
+    def grid(self) -> int:
+        """g = s / p, tokens per side."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        """N = g^2."""
+        return self.grid * self.grid
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """FusDes prompts: fixed templates plus learnable (CoOp/CoCoOp) context."""
+
+    n_ctx: int = 12  # learnable context tokens per template
+    conditioning: str = "cocoop"  # "cocoop" (meta-net bias from the image) or "coop"
+    meta_reduction: int = 16  # meta-net hidden width = C / meta_reduction
+    use_fixed: bool = True  # pool the hand-written templates into both sets
+    use_learnable: bool = True  # pool the learnable templates into both sets
+    filtering: bool = True  # runtime prompt filtering (overlap-interval rule), inference only
+    banks: tuple[str, ...] = ()  # extra description banks (JSON files) searched before built-ins
+    ctx_init_std: float = 0.02
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Local heads (linear + MDCI), adapter and temperatures."""
+
+    linear_layers: tuple[int, ...] = (6, 12, 18, 24)  # original-path stages (1-indexed blocks)
+    mdci_layers: tuple[int, ...] = (12, 18, 24)  # V-V stages; each must be >= vv_start
+    mdci_kernels: tuple[tuple[int, int], ...] = ((1, 1), (3, 3), (5, 5), (7, 7), (1, 5), (5, 1))
+    mdci_modulation: bool = True  # DCNv2 (modulated) or DCNv1
+    adapter: bool = True
+    adapter_reduction: int = 2  # adapter hidden width = C / adapter_reduction
+    tau_local: float = 100.0 / math.sqrt(2.0)
+    tau_global: float = 1.0 / (0.07 * math.sqrt(2.0))
+    vl_map: str = "abnormal"  # "abnormal": M^a; "symmetric": (M^a + 1 - M^n) / 2 (equal)
+
+
+@dataclass(frozen=True)
+class FewShotConfig:
+    memory_layers: tuple[int, ...] = (6, 12, 18, 24)  # original-path stages in the patch memory
+
+
+@dataclass(frozen=True)
+class PostConfig:
+    sigma: float = 4.0  # Gaussian smoothing of the final map
+    truncate: float = 4.0  # radius = int(truncate * sigma + 0.5)
+    suppression: float = 0.7  # lambda outside the box prior's region
+    box_prior: str = "none"  # "none": whole image, all 9 positions
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "filo-vitl14-336"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    heads: HeadConfig = field(default_factory=HeadConfig)
+    fewshot: FewShotConfig = field(default_factory=FewShotConfig)
+    post: PostConfig = field(default_factory=PostConfig)
+
+    def __post_init__(self) -> None:
+        validate_model_config(self)
+
+    @property
+    def feature_layers(self) -> tuple[int, ...]:
+        """Original-path layers the backbone must return."""
+        return tuple(sorted(set(self.heads.linear_layers) | set(self.fewshot.memory_layers)))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs_phase1: int = 15
+    epochs_phase2: int = 5
+    batch_size: int = 1  # images of one class per step
+    lr_prompts: float = 1e-3
+    lr_heads: float = 1e-4
+    lr_adapter: float = 1e-5
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 0.01
+    mosaic_prob: float = 0.2  # 2x2 same-class mosaic augmentation (the reference recipe, MVTec)
+    positions_from_mask: bool = False  # anomalous images use their mask-centre cell, else all 9
+    max_steps_per_epoch: int | None = None  # cap for quick runs
+    seed: int = 111
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; the message names the field."""
+
+
+def validate_model_config(cfg: ModelConfig) -> None:
+    bb = cfg.backbone
+    if bb.image_size % bb.patch_size:
+        raise ConfigError(
+            f"backbone.image_size={bb.image_size} is not a multiple of backbone.patch_size={bb.patch_size}"
+        )
+    if bb.width % bb.heads:
+        raise ConfigError(f"backbone.width={bb.width} is not divisible by backbone.heads={bb.heads}")
+    if not 1 <= bb.vv_start <= bb.layers:
+        raise ConfigError(f"backbone.vv_start={bb.vv_start} must be in [1, {bb.layers}]")
+    for name, layers in (
+        ("heads.linear_layers", cfg.heads.linear_layers),
+        ("heads.mdci_layers", cfg.heads.mdci_layers),
+        ("fewshot.memory_layers", cfg.fewshot.memory_layers),
+    ):
+        bad = [i for i in layers if not 1 <= i <= bb.layers]
+        if bad:
+            raise ConfigError(f"{name} has layers {bad} outside [1, {bb.layers}] (blocks are 1-indexed)")
+    early = [i for i in cfg.heads.mdci_layers if i < bb.vv_start]
+    if early:
+        raise ConfigError(
+            f"heads.mdci_layers {early} come before backbone.vv_start={bb.vv_start}: they have no V-V path"
+        )
+    if not cfg.heads.linear_layers and not cfg.heads.mdci_layers:
+        raise ConfigError("heads: at least one of linear_layers / mdci_layers must be non-empty")
+    if cfg.prompts.conditioning not in ("coop", "cocoop"):
+        raise ConfigError(f"prompts.conditioning={cfg.prompts.conditioning!r}: use 'coop' or 'cocoop'")
+    if not (cfg.prompts.use_fixed or cfg.prompts.use_learnable):
+        raise ConfigError("prompts: use_fixed and use_learnable cannot both be false")
+    if cfg.heads.vl_map not in ("abnormal", "symmetric"):
+        raise ConfigError(f"heads.vl_map={cfg.heads.vl_map!r}: use 'abnormal' or 'symmetric'")
+    for k in cfg.heads.mdci_kernels:
+        if len(k) != 2 or min(k) < 1:
+            raise ConfigError(f"heads.mdci_kernels entry {k} must be a (kh, kw) pair of positive ints")
+
+
+# ---------------------------------------------------------------- (de)serialisation
+
+
+def to_dict(obj: Any) -> Any:
+    """A JSON-ready dict of a (nested) config dataclass; tuples become lists."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where)
+            except (ConfigError, TypeError, ValueError):
+                continue
+        raise ConfigError(f"{where}: {value!r} does not fit {tp}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:
+    """Build a (nested) frozen dataclass from a dict, with errors that name the field."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(names)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def builtin_config_names() -> list[str]:
+    files = resources.files("fgad.configs").iterdir()
+    return sorted(p.name.rsplit(".", 1)[0] for p in files if p.name.endswith((".yaml", ".yml")))
+
+
+def _read_raw(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml", ".json") and path.exists():
+        text = path.read_text()
+        label = str(path)
+    else:
+        key = str(name_or_path)
+        res = resources.files("fgad.configs") / f"{key}.yaml"
+        if not res.is_file():
+            raise ConfigError(
+                f"no config named {key!r}: built-in variants are {builtin_config_names()}, "
+                "or pass a path to a .yaml/.json file"
+            )
+        text = res.read_text()
+        label = key
+    if label in seen:
+        raise ConfigError(f"config {label!r} names itself as a base (cycle: {' -> '.join(seen)})")
+    raw = (json.loads(text) if label.endswith(".json") else yaml.safe_load(text)) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {label!r} must be a mapping at the top level")
+    base = raw.pop("base", None)
+    if base:
+        raw = _deep_merge(_read_raw(base, seen + (label,)), raw)
+    return raw
+
+
+def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Load a built-in variant or a YAML/JSON file, with optional nested overrides."""
+    raw = _read_raw(name_or_path)
+    if overrides:
+        raw = _deep_merge(raw, overrides)
+    model = raw.get("model", {})
+    model.setdefault("name", Path(str(name_or_path)).stem)
+    return Config(model=from_dict(ModelConfig, model, "model"), train=from_dict(TrainConfig, raw.get("train"), "train"))
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    return Config(
+        model=from_dict(ModelConfig, data.get("model"), "model"),
+        train=from_dict(TrainConfig, data.get("train"), "train"),
+    )
+
+
+def replace(obj: T, **changes: Any) -> T:
+    """dataclasses.replace, re-exported for callers that tweak one field."""
+    return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
