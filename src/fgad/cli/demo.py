@@ -53,7 +53,7 @@ def main(out_dir: Path, config_name: str, epochs: int, seed: int, progress: bool
         "train": {"epochs_phase1": epochs, "epochs_phase2": 1, "seed": seed},
     }
     config = load_config(config_name, overrides)
-    model = build_model(config.model)
+    model = build_model(config.model, seed=seed)
     ckpt = out_dir / "checkpoint"
     result = train(model, config, aux, ckpt, pretrained=config.model.backbone.pretrained, resume=False,
                    progress=progress)

@@ -19,6 +19,7 @@ from fgad.cli.common import friendly_errors, setup_logging, split_classes
               help="Normal reference images per class (0 = zero-shot).")
 @click.option("--classes", multiple=True, help="Evaluate these classes only (comma-separated or repeated).")
 @click.option("--pretrained", default=None, help="Override the weights source (tag, file, local-dir:DIR).")
+@click.option("--bank", "banks", multiple=True, help="Extra description bank (JSON {class: [phrases]}).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the reference-image choice.")
 @click.option("--box-prior", default="none", show_default=True, help="Box prior: none.")
 @click.option("--batch-size", type=int, default=4, show_default=True)
@@ -28,7 +29,7 @@ from fgad.cli.common import friendly_errors, setup_logging, split_classes
 @click.option("-v", "--verbose", is_flag=True)
 @friendly_errors
 def main(checkpoint: Path | None, config_name: str | None, data_root: Path, out_dir: Path, shots: int,
-         classes: tuple[str, ...], pretrained: str | None, seed: int, box_prior: str, batch_size: int,
+         classes: tuple[str, ...], pretrained: str | None, banks: tuple[str, ...], seed: int, box_prior: str, batch_size: int,
          num_overlays: int, max_images: int | None, progress: bool, verbose: bool) -> None:
     """Write metrics.json, metrics.md, predictions.jsonl and overlays/ to OUT."""
     setup_logging(verbose)
@@ -50,6 +51,8 @@ def main(checkpoint: Path | None, config_name: str | None, data_root: Path, out_
 
         model = build_model(load_config(config_name).model, pretrained=pretrained)
         source = f"untrained {config_name}"
+    if banks:
+        model.prompts.add_banks(banks)
     settings = EvalSettings(shots=shots, seed=seed, batch_size=batch_size, num_overlays=num_overlays,
                             box_prior=box_prior, max_images=max_images, extra={"source": source})
     result = evaluate(model, data_root, out_dir, split_classes(classes), settings, progress=progress)

@@ -45,7 +45,7 @@ def main(config_name: str, data_root: Path, out_dir: Path, pretrained: str | Non
     if pretrained is not None:
         overrides["model"]["backbone"] = {"pretrained": pretrained}
     config = load_config(config_name, overrides)
-    model = build_model(config.model)
+    model = build_model(config.model, seed=config.train.seed)
     result = train(model, config, data_root, out_dir, pretrained=config.model.backbone.pretrained,
                    classes=split_classes(classes), resume=resume, progress=progress)
     for rec in result.losses:

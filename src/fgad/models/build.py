@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import torch
+
 from fgad.config import ModelConfig
 from fgad.models.clip_loader import create_clip, get_tokenizer
 from fgad.models.filo import FiLoPlusPlus
 
 
-def build_model(cfg: ModelConfig, pretrained: str | None = None) -> FiLoPlusPlus:
-    """A FiLo++ model with frozen CLIP towers; ``pretrained`` overrides the config's weights."""
+def build_model(cfg: ModelConfig, pretrained: str | None = None, seed: int = 0) -> FiLoPlusPlus:
+    """A FiLo++ model with frozen CLIP towers; ``pretrained`` overrides the config's weights.
+
+    The learnable parts (context vectors, meta-nets, heads, adapter) are initialised from
+    ``seed`` without touching the global RNG, so the same call always builds the same model.
+    """
     clip = create_clip(cfg.backbone, pretrained=pretrained)
-    return FiLoPlusPlus(cfg, clip, get_tokenizer(cfg.backbone))
+    tokenizer = get_tokenizer(cfg.backbone)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return FiLoPlusPlus(cfg, clip, tokenizer)

@@ -24,6 +24,7 @@ from fgad.models._compat import import_open_clip
 log = logging.getLogger(__name__)
 
 LOCAL_DIR = "local-dir:"
+RANDOM_INIT = ("none", "random")  # --pretrained none: random init from backbone.init_seed
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -44,6 +45,8 @@ def _register_project_model_configs() -> None:
 def _resolve_source(bb: BackboneConfig, pretrained: str | None) -> tuple[str, str | None]:
     """(model_name, pretrained) as open_clip.create_model takes them."""
     name = bb.model_name
+    if pretrained is not None and pretrained.lower() in RANDOM_INIT:
+        return name, None
     if pretrained and pretrained.startswith(LOCAL_DIR):
         folder = Path(pretrained[len(LOCAL_DIR):]).expanduser()
         if not (folder / "open_clip_config.json").is_file():

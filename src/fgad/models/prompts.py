@@ -93,6 +93,12 @@ class PromptLearner(nn.Module):
             self.meta_normal = MetaNet(bb.embed_dim, bb.text_width, pc.meta_reduction)
             self.meta_abnormal = MetaNet(bb.embed_dim, bb.text_width, pc.meta_reduction)
         self._cache: dict[str, ClassPrompts] = {}
+        self.extra_banks: tuple[str, ...] = ()
+
+    def add_banks(self, banks: tuple[str, ...] | list[str]) -> None:
+        """Search these description banks (JSON files) first, e.g. for a product new to the model."""
+        self.extra_banks = tuple(banks) + self.extra_banks
+        self._cache.clear()
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 - nn.Module signature
         self._cache.clear()  # cached tensors follow the module on the next prepare()
@@ -126,7 +132,7 @@ class PromptLearner(nn.Module):
         if cached is not None:
             return cached
         pc = self.cfg.prompts
-        texts = build_prompt_texts(class_name, banks=list(pc.banks) or None)
+        texts = build_prompt_texts(class_name, banks=list(self.extra_banks + pc.banks) or None)
         fixed_n = fixed_a = None
         learn_n = learn_a = None
         if pc.use_fixed:
