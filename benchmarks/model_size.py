@@ -45,7 +45,9 @@ def main() -> None:
     parts = {
         "image_encoder": count(model.backbone),
         "text_encoder": count(model.text_encoder),
-        "prompt_learner": sum(p.numel() for n, p in model.prompts.named_parameters() if not n.startswith("text_encoder.")),
+        "prompt_learner": sum(
+            p.numel() for n, p in model.prompts.named_parameters() if not n.startswith("text_encoder.")
+        ),
         "linear_heads": count(model.linear_heads),
         "mdci": count(model.mdci),
         "mdci_main_weights": sum(k.weight.numel() for s in model.mdci.stages for k in s.kernels),

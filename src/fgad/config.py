@@ -217,7 +217,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
-        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
@@ -239,6 +239,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:
     """Build a (nested) frozen dataclass from a dict, with errors that name the field."""
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of fields, got {data!r}")
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -283,8 +285,20 @@ def _read_raw(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> dict[str,
         raise ConfigError(f"config {label!r} must be a mapping at the top level")
     base = raw.pop("base", None)
     if base:
+        beside = path.parent / str(base)  # a relative base path is read next to the including file
+        if label == str(path) and beside.suffix in (".yaml", ".yml", ".json") and beside.exists():
+            base = beside
         raw = _deep_merge(_read_raw(base, seen + (label,)), raw)
     return raw
+
+
+_TOP_LEVEL = ("model", "train")
+
+
+def _check_top_level(raw: dict[str, Any], where: str) -> None:
+    unknown = sorted(set(raw) - set(_TOP_LEVEL))
+    if unknown:
+        raise ConfigError(f"{where}: unknown top-level section(s) {unknown}; known: {list(_TOP_LEVEL)}")
 
 
 def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
@@ -292,12 +306,16 @@ def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
     raw = _read_raw(name_or_path)
     if overrides:
         raw = _deep_merge(raw, overrides)
-    model = raw.get("model", {})
+    _check_top_level(raw, str(name_or_path))
+    model = raw.get("model") or {}
+    if not isinstance(model, dict):
+        raise ConfigError(f"{name_or_path}: model: expected a mapping of fields, got {model!r}")
     model.setdefault("name", Path(str(name_or_path)).stem)
     return Config(model=from_dict(ModelConfig, model, "model"), train=from_dict(TrainConfig, raw.get("train"), "train"))
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
+    _check_top_level(data, "config")
     return Config(
         model=from_dict(ModelConfig, data.get("model"), "model"),
         train=from_dict(TrainConfig, data.get("train"), "train"),

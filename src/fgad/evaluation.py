@@ -99,7 +99,7 @@ def evaluate_class(
         train_good = discover(root, "train", [class_name])
         idx = choose_shots(train_good, settings.shots, settings.seed)
         refs = [load_sample_arrays(train_good[i], size, bb.mean, bb.std) for i in idx]
-        bad = [str(train_good[i].image_path) for i, r in zip(idx, refs) if r is None]
+        bad = [str(train_good[i].image_path) for i, r in zip(idx, refs, strict=True) if r is None]
         if bad:
             raise ValueError(f"reference image(s) unreadable: {bad}")
         model.set_reference_images(torch.from_numpy(np.stack([r[0] for r in refs])))

@@ -60,11 +60,11 @@ def main(out_dir: Path, config_name: str, epochs: int, seed: int, progress: bool
     curve = ", ".join(f"{r['loss']:.3f}" for r in result.losses if r["phase"] == 1)
     click.echo(f"[2/3] trained {config.model.name}: phase-1 loss per epoch {curve}; checkpoint {ckpt}")
 
-    torch.set_grad_enabled(False)
     for shots in (0, 2):
         settings = EvalSettings(shots=shots, seed=seed, num_overlays=6, extra={"source": str(ckpt)})
         out = out_dir / f"eval-{shots}shot"
-        evaluate(model, target, out, None, settings, progress=progress)
+        with torch.no_grad():
+            evaluate(model, target, out, None, settings, progress=progress)
         click.echo(f"\n[3/3] {shots}-shot on the unseen product ({out}):")
         click.echo((out / "metrics.md").read_text())
     click.echo(f"done in {time.perf_counter() - started:.0f}s; overlays: {out_dir}/eval-*/overlays/")

@@ -29,7 +29,8 @@ from fgad.cli.common import friendly_errors, setup_logging, split_classes
 @click.option("-v", "--verbose", is_flag=True)
 @friendly_errors
 def main(checkpoint: Path | None, config_name: str | None, data_root: Path, out_dir: Path, shots: int,
-         classes: tuple[str, ...], pretrained: str | None, banks: tuple[str, ...], seed: int, box_prior: str, batch_size: int,
+         classes: tuple[str, ...], pretrained: str | None, banks: tuple[str, ...], seed: int, box_prior: str,
+         batch_size: int,
          num_overlays: int, max_images: int | None, progress: bool, verbose: bool) -> None:
     """Write metrics.json, metrics.md, predictions.jsonl and overlays/ to OUT."""
     setup_logging(verbose)
@@ -37,7 +38,6 @@ def main(checkpoint: Path | None, config_name: str | None, data_root: Path, out_
 
     from fgad.evaluation import EvalSettings, evaluate
 
-    torch.set_grad_enabled(False)
     if (checkpoint is None) == (config_name is None):
         raise click.UsageError("pass exactly one of --checkpoint or --config")
     if checkpoint is not None:
@@ -55,7 +55,8 @@ def main(checkpoint: Path | None, config_name: str | None, data_root: Path, out_
         model.prompts.add_banks(banks)
     settings = EvalSettings(shots=shots, seed=seed, batch_size=batch_size, num_overlays=num_overlays,
                             box_prior=box_prior, max_images=max_images, extra={"source": source})
-    result = evaluate(model, data_root, out_dir, split_classes(classes), settings, progress=progress)
+    with torch.no_grad():
+        result = evaluate(model, data_root, out_dir, split_classes(classes), settings, progress=progress)
     click.echo((out_dir / "metrics.md").read_text())
     total = sum(v["seconds"] for v in result["classes"].values())
     images = sum(v["images"] for v in result["classes"].values())

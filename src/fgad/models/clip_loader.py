@@ -73,9 +73,8 @@ def create_clip(bb: BackboneConfig, pretrained: str | None = None, use_config_pr
     _register_project_model_configs()
     source = pretrained if pretrained is not None else (bb.pretrained if use_config_pretrained else None)
     name, tag = _resolve_source(bb, source)
-    kwargs: dict[str, Any] = {"force_quick_gelu": bb.quick_gelu}
-    if not name.startswith(LOCAL_DIR):
-        kwargs["force_image_size"] = bb.image_size
+    # quick_gelu as a model keyword also switches it *off* for configs that default to it
+    kwargs: dict[str, Any] = {"quick_gelu": bb.quick_gelu, "force_image_size": bb.image_size}
     try:
         if tag is None and not name.startswith(LOCAL_DIR):
             with torch.random.fork_rng(devices=[]):
@@ -114,7 +113,7 @@ def resize_position_embedding(pos: torch.Tensor, new_grid: int) -> torch.Tensor:
     if old * old != grid_rows.shape[0]:
         raise ValueError(f"position table with {grid_rows.shape[0]} grid rows is not square")
     g = grid_rows.reshape(1, old, old, -1).permute(0, 3, 1, 2)
-    g = F.interpolate(g, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
+    g = F.interpolate(g, size=(new_grid, new_grid), mode="bicubic", align_corners=False, antialias=True)
     return torch.cat([cls_row, g.permute(0, 2, 3, 1).reshape(new_grid * new_grid, -1)], dim=0)
 
 
@@ -153,7 +152,10 @@ def check_architecture(model: nn.Module, bb: BackboneConfig) -> None:
             raise ConfigError(f"backbone.{key}={getattr(bb, key)} but {bb.model_name} has {actual}")
     rows = visual.positional_embedding.shape[0]
     if rows != bb.num_patches + 1:
-        raise ConfigError(f"position table has {rows} rows, expected {bb.num_patches + 1}")
+        raise ConfigError(
+            f"the position table has {rows} rows but backbone.image_size={bb.image_size} / "
+            f"backbone.patch_size={bb.patch_size} imply {bb.num_patches + 1} (1 + {bb.grid}^2)"
+        )
 
 
 def state_fingerprint(module: nn.Module) -> str:

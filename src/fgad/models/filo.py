@@ -29,7 +29,8 @@ class TextPair(NamedTuple):
     t_normal: torch.Tensor  # [B, C]
     t_abnormal: torch.Tensor  # [B, C]
     abnormal: torch.Tensor  # [B, 9 * K_pos, C], normalised
-    keep_abnormal: torch.Tensor  # [B, 9 * K_pos] bool
+    keep_abnormal: torch.Tensor  # [B, 9 * K_pos] bool, kept after filtering
+    valid_abnormal: torch.Tensor  # [B, 9 * K_pos] bool, at a selected position
 
 
 class FiloOutput(NamedTuple):
@@ -40,7 +41,7 @@ class FiloOutput(NamedTuple):
     stage_probs: tuple[torch.Tensor, ...]  # per stage [B, 2, g, g]: 4 linear then 3 MDCI
     vl_map: torch.Tensor  # [B, s, s], M^vl after suppression
     fewshot_map: torch.Tensor | None  # [B, s, s], M^few after suppression
-    best_description: torch.Tensor  # [B] index into ClassPrompts.abnormal_descriptions()
+    best_description: torch.Tensor  # [B] abnormal prompt (selected positions) closest to G_a
 
 
 class FiLoPlusPlus(nn.Module):
@@ -102,7 +103,7 @@ class FiLoPlusPlus(nn.Module):
             keep_n, keep_a = filter_masks(global_adapted, normal, abnormal, valid)
         else:
             keep_n, keep_a = torch.ones(normal.shape[:2], dtype=torch.bool, device=normal.device), valid
-        return TextPair(masked_direction(normal, keep_n), masked_direction(abnormal, keep_a), abnormal, keep_a)
+        return TextPair(masked_direction(normal, keep_n), masked_direction(abnormal, keep_a), abnormal, keep_a, valid)
 
     def stage_probabilities(self, feats: VisualFeatures, pair: TextPair) -> tuple[torch.Tensor, ...]:
         """Per-stage [B, 2, g, g] probabilities: linear stages, then MDCI stages (mean over kernels)."""
@@ -177,7 +178,7 @@ class FiLoPlusPlus(nn.Module):
         image_score = 0.5 * (global_prob + anomaly_map.flatten(1).amax(dim=1))
 
         sims = torch.einsum("bc,bpc->bp", g_adapted, pair.abnormal)
-        sims = torch.where(pair.keep_abnormal, sims, torch.full_like(sims, -2.0))
+        sims = torch.where(pair.valid_abnormal, sims, torch.full_like(sims, -2.0))
         return FiloOutput(
             anomaly_map=anomaly_map,
             image_score=image_score,

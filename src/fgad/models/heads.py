@@ -26,7 +26,7 @@ class LinearStageHeads(nn.Module):
 
     def forward(self, stage_tokens: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
         """stage_tokens: [B, N+1, D] per linear layer -> [B, N, C] per layer."""
-        return [head(tokens[:, 1:]) for head, tokens in zip(self.maps, stage_tokens)]
+        return [head(tokens[:, 1:]) for head, tokens in zip(self.maps, stage_tokens, strict=True)]
 
 
 class MDCIStage(nn.Module):
@@ -54,7 +54,7 @@ class MDCIHead(nn.Module):
         self.stages = nn.ModuleList(MDCIStage(cfg) for _ in self.layers)
 
     def forward(self, vv_tokens: tuple[torch.Tensor, ...]) -> list[list[torch.Tensor]]:
-        return [stage(tokens) for stage, tokens in zip(self.stages, vv_tokens)]
+        return [stage(tokens) for stage, tokens in zip(self.stages, vv_tokens, strict=True)]
 
 
 class Adapter(nn.Module):

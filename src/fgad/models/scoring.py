@@ -53,7 +53,9 @@ def filter_masks(
     return keep_n, keep_a
 
 
-def two_way_logits(features: torch.Tensor, t_normal: torch.Tensor, t_abnormal: torch.Tensor, tau: float) -> torch.Tensor:
+def two_way_logits(
+    features: torch.Tensor, t_normal: torch.Tensor, t_abnormal: torch.Tensor, tau: float
+) -> torch.Tensor:
     """tau * [cos(f, T_n), cos(f, T_a)]: features [B, N, C] or [B, C] (normalised) -> [B, 2, N] or [B, 2]."""
     if features.dim() == 2:
         return tau * torch.stack([(features * t_normal).sum(-1), (features * t_abnormal).sum(-1)], dim=1)

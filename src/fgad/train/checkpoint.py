@@ -92,7 +92,6 @@ def load_checkpoint(
     verify_backbone: bool = True,
 ) -> tuple[FiLoPlusPlus, Config, dict[str, Any]]:
     """Rebuild the model of a checkpoint; ``pretrained`` overrides the recorded weights source."""
-    from safetensors.torch import load_file
 
     from fgad.models.build import build_model
 
@@ -125,7 +124,9 @@ def load_trainable(model: FiLoPlusPlus, weights_path: Path) -> None:
         raise CheckpointError(f"{weights_path}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
     for k, v in tensors.items():
         if v.shape != expected[k].shape:
-            raise CheckpointError(f"{weights_path}: {k} has shape {tuple(v.shape)}, model expects {tuple(expected[k].shape)}")
+            raise CheckpointError(
+                f"{weights_path}: {k} has shape {tuple(v.shape)}, model expects {tuple(expected[k].shape)}"
+            )
     model.load_state_dict(tensors, strict=False)
 
 

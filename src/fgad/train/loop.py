@@ -204,7 +204,10 @@ def train(
             state.epoch += 1
             state.optimizer = optimizer.state_dict()
             save_checkpoint(out, model, config, pretrained, state, fingerprint)
-            log.info("phase %d epoch %d: loss %.4f (%d steps, %.1fs)", phase, epoch + 1, record["loss"], count, record["seconds"])
+            log.info(
+                "phase %d epoch %d: loss %.4f (%d steps, %.1fs)",
+                phase, epoch + 1, record["loss"], count, record["seconds"],
+            )
         state = TrainState(phase=phase + 1, epoch=0, step=state.step, optimizer=None)
     state.phase = 3
     save_checkpoint(out, model, config, pretrained, state, fingerprint)
