@@ -76,7 +76,9 @@ def test_a_product_without_descriptions_gets_a_clear_error(tmp_path: Path) -> No
         (["--config", "tiny-test", "--pretrained", "/nonexistent/weights.bin"], "does not exist"),
     ],
 )
-def test_train_errors_are_one_clear_line(roots: tuple[Path, Path], tmp_path: Path, args: list[str], needle: str) -> None:
+def test_train_errors_are_one_clear_line(
+    roots: tuple[Path, Path], tmp_path: Path, args: list[str], needle: str
+) -> None:
     aux, _ = roots
     res = CliRunner().invoke(train_main, [*args, "--data", str(aux), "--out", str(tmp_path / "x"), "--no-progress"])
     assert res.exit_code == 1
