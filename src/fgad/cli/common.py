@@ -12,14 +12,22 @@ import click
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class _DropExpectedNotices(logging.Filter):
+    """open_clip announces every random initialisation at WARNING; with --pretrained none it is expected."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded")
+
+
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    # open_clip announces every random init at WARNING; it is expected here
-    logging.getLogger("root").setLevel(logging.ERROR if not verbose else logging.DEBUG)
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_DropExpectedNotices())
 
 
 def friendly_errors(fn: F) -> F:
@@ -27,25 +35,35 @@ def friendly_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from fgad.config import ConfigError
-
-        user_errors: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, KeyError, ValueError)
-        try:
-            from fgad.models.clip_loader import WeightsUnavailableError
-            from fgad.train.checkpoint import CheckpointError
-
-            user_errors += (WeightsUnavailableError, CheckpointError)
-        except ImportError:  # the runtime-only install has no torch
-            pass
         try:
             return fn(*args, **kwargs)
         except KeyboardInterrupt:
             raise click.Abort() from None
-        except user_errors as err:
+        except Exception as err:
+            if not isinstance(err, _user_errors()):
+                raise
             message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
             raise click.ClickException(str(message)) from err
 
     return wrapper  # type: ignore[return-value]
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input, not a bug. Torch-side ones only if their module is loaded,
+    so the torch-free runtime never imports torch just to catch an error."""
+    import sys
+
+    from fgad.config import ConfigError
+
+    errors: list[type[BaseException]] = [ConfigError, FileNotFoundError, KeyError, ValueError]
+    for module, name in (
+        ("fgad.models.clip_loader", "WeightsUnavailableError"),
+        ("fgad.train.checkpoint", "CheckpointError"),
+        ("fgad.runtime.manifest", "BundleError"),
+    ):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
 
 
 def split_classes(values: tuple[str, ...]) -> list[str] | None:

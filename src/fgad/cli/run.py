@@ -1,0 +1,274 @@
+"""fgad-run: the torch-free detector on a camera, a video or a folder of images.
+
+Per frame: score, decision, optional overlay PNG (--save) and JSON line (--jsonl); FPS in the window title
+(--show, when OpenCV has a GUI and a display exists) and in the log every --log-every frames. Ctrl-C stops
+cleanly with a summary line. Needs only the bundle written by fgad-export (see docs/runtime.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import click
+
+from fgad.cli.common import friendly_errors, setup_logging
+
+logger = logging.getLogger("fgad.run")
+
+WINDOW = "fgad-run"
+
+
+def _parse_threshold(ctx: click.Context, param: click.Parameter, value: str | None) -> float | str | None:
+    if value is None:
+        return None
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"must be 'auto' or a number, got {value!r}") from None
+
+
+def _display_problem() -> str | None:
+    """Why no window can be shown, or None when cv2.imshow should work."""
+    import cv2
+
+    gui = [line for line in cv2.getBuildInformation().splitlines() if line.strip().startswith("GUI:")]
+    if gui and gui[0].split(":", 1)[1].strip().upper() == "NONE":
+        return "this OpenCV build has no GUI (opencv-python-headless); install opencv-python to use --show"
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "no display (DISPLAY is not set)"
+    try:
+        cv2.namedWindow(WINDOW, cv2.WINDOW_NORMAL)
+    except cv2.error as exc:
+        return f"OpenCV cannot open a window ({str(exc).strip().splitlines()[-1]})"
+    return None
+
+
+def _overlay_name(index: int, frame_id: Any) -> str:
+    if isinstance(frame_id, str):
+        return f"{index:06d}_{Path(frame_id).stem}.png"
+    return f"frame_{int(frame_id):06d}.png"
+
+
+class _Fps:
+    """Frames per second over a sliding window of recent frames."""
+
+    def __init__(self, window: int = 30) -> None:
+        self.window = window
+        self.stamps: list[float] = []
+
+    def tick(self) -> float:
+        now = time.perf_counter()
+        self.stamps.append(now)
+        if len(self.stamps) > self.window:
+            del self.stamps[0]
+        if len(self.stamps) < 2:
+            return 0.0
+        return (len(self.stamps) - 1) / max(self.stamps[-1] - self.stamps[0], 1e-9)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path),
+              help="Bundle folder written by fgad-export.")
+@click.option("--camera", type=int, default=None, help="Camera index (cv2.VideoCapture).")
+@click.option("--video", default=None, help="Video file or stream URL.")
+@click.option("--images", default=None, help="Image folder, glob pattern or single image.")
+@click.option("--loop/--no-loop", default=False, show_default=True, help="Restart the video at its end.")
+@click.option("--refs", default=None,
+              help="Folder/glob of good reference images (or a references .npz); replaces the bundle's references.")
+@click.option("--threshold", default=None, callback=_parse_threshold,
+              help="'auto' (leave-one-out over --refs images) or a number; default: the manifest's threshold.")
+@click.option("--save", "save_dir", type=click.Path(path_type=Path), default=None,
+              help="Write an overlay panel PNG per frame into this folder.")
+@click.option("--jsonl", "jsonl_path", type=click.Path(path_type=Path), default=None,
+              help="Append one JSON line per frame to this file.")
+@click.option("--show/--no-show", default=False, show_default=True, help="Show the overlay in a window.")
+@click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after N frames.")
+@click.option("--log-every", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Log FPS every N frames.")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Engine CPU threads.")
+@click.option("--knn", type=click.Choice(["auto", "faiss", "numpy"]), default="auto", show_default=True,
+              help="Few-shot search.")
+@click.option("-v", "--verbose", is_flag=True)
+@friendly_errors
+def main(
+    bundle_dir: Path,
+    camera: int | None,
+    video: str | None,
+    images: str | None,
+    loop: bool,
+    refs: str | None,
+    threshold: float | str | None,
+    save_dir: Path | None,
+    jsonl_path: Path | None,
+    show: bool,
+    max_frames: int | None,
+    log_every: int,
+    backend: str,
+    threads: int | None,
+    knn: str,
+    verbose: bool,
+) -> None:
+    """Score every frame of --camera, --video or --images with a bundle."""
+    setup_logging(verbose)
+    # setup_logging quiets the root logger below ERROR when not verbose (getLogger("root") is the root logger);
+    # the per-frame warnings and FPS lines of this command must still be seen.
+    logging.getLogger("fgad").setLevel(logging.DEBUG if verbose else logging.INFO)
+    given = [n for n, v in (("--camera", camera), ("--video", video), ("--images", images)) if v is not None]
+    if len(given) != 1:
+        raise click.UsageError(f"give exactly one of --camera, --video or --images (got {', '.join(given) or 'none'})")
+
+    from fgad.data.io import ImageReadError
+    from fgad.runtime.manifest import BundleError
+    from fgad.runtime.sources import SourceError
+
+    try:
+        _run(bundle_dir, camera, video, images, loop, refs, threshold, save_dir, jsonl_path, show, max_frames,
+             log_every, backend, threads, knn)
+    except (BundleError, SourceError, ImageReadError) as err:
+        raise click.ClickException(str(err)) from err
+
+
+def _run(
+    bundle_dir: Path,
+    camera: int | None,
+    video: str | None,
+    images: str | None,
+    loop: bool,
+    refs: str | None,
+    threshold: float | str | None,
+    save_dir: Path | None,
+    jsonl_path: Path | None,
+    show: bool,
+    max_frames: int | None,
+    log_every: int,
+    backend: str,
+    threads: int | None,
+    knn: str,
+) -> None:
+    from fgad.runtime.pipeline import Detector
+    from fgad.runtime.sources import open_source
+
+    detector = Detector.from_bundle(bundle_dir, refs=refs, backend=backend, threshold=threshold, threads=threads,
+                                    knn=knn)
+    threshold_text = "none" if detector.threshold is None else f"{detector.threshold:.4f}"
+    click.echo(
+        f"bundle {bundle_dir} (class '{detector.class_name}', {detector.manifest.engine.kind}, "
+        f"{detector.size}px): {detector.num_references} reference images, threshold {threshold_text} "
+        f"[{detector.threshold_rule}]",
+        err=True,
+    )
+    if show:
+        problem = _display_problem()
+        if problem:
+            logger.warning("--show ignored: %s", problem)
+            show = False
+    if save_dir is not None:
+        save_dir.mkdir(parents=True, exist_ok=True)
+
+    source = open_source(camera=camera, video=video, images=images, loop=loop)
+    jsonl: IO[str] | None = None
+    processed = anomalous = 0
+    interrupted = False
+    fps = _Fps()
+    started = time.perf_counter()
+    try:
+        with source:
+            if jsonl_path is not None:
+                jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+                jsonl = open(jsonl_path, "a", encoding="utf-8")  # closed in finally
+            for frame_id, frame in source:
+                result = detector(frame)
+                processed += 1
+                anomalous += bool(result.is_anomalous)
+                rate = fps.tick()
+                overlay_path = None
+                if save_dir is not None or show:
+                    overlay_path = _render(frame, result, processed, frame_id, save_dir, show, rate, detector)
+                if jsonl is not None:
+                    record = {"frame": frame_id, **result.to_dict()}
+                    if overlay_path is not None:
+                        record["overlay"] = str(overlay_path)
+                    jsonl.write(_json_line(record))
+                    jsonl.flush()
+                decision = "n/a" if result.is_anomalous is None else ("ANOMALY" if result.is_anomalous else "ok")
+                logger.debug("%s: score %.4f %s", frame_id, result.score, decision)
+                if processed % log_every == 0:
+                    logger.info("%d frames, %.1f FPS, last score %.4f (%s)", processed, rate, result.score, decision)
+                if max_frames is not None and processed >= max_frames:
+                    break
+                if show and _quit_pressed():
+                    break
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if jsonl is not None:
+            jsonl.close()
+        if show:
+            _close_window()
+    elapsed = time.perf_counter() - started
+    summary = (
+        f"{processed} frames, {anomalous} anomalous, {source.skipped} skipped, {elapsed:.1f}s "
+        f"({processed / elapsed if elapsed > 0 else 0.0:.1f} FPS)"
+    )
+    outputs = [str(p) for p in (jsonl_path, save_dir) if p is not None]
+    if outputs:
+        summary += "; wrote " + ", ".join(outputs)
+    if interrupted:
+        summary = "stopped by Ctrl-C: " + summary
+    click.echo(summary, err=True)
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    import json
+
+    from fgad.utils.atomic import nan_to_none
+
+    return json.dumps(nan_to_none(record), ensure_ascii=False) + "\n"
+
+
+def _render(
+    frame: Any, result: Any, index: int, frame_id: Any, save_dir: Path | None, show: bool, rate: float, detector: Any
+) -> Path | None:
+    from fgad.runtime.overlay import heatmap_overlay, render_panel, save_image_rgb
+
+    label = "n/a" if result.is_anomalous is None else ("ANOMALY" if result.is_anomalous else "ok")
+    if result.is_anomalous:
+        label += f": {result.best_description}"
+    path = None
+    if save_dir is not None:
+        path = save_dir / _overlay_name(index, frame_id)
+        save_image_rgb(path, render_panel(frame, result.anomaly_map, score=result.score, label=label))
+    if show:
+        import cv2
+
+        overlay = heatmap_overlay(frame, result.anomaly_map)
+        cv2.imshow(WINDOW, cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+        cv2.setWindowTitle(WINDOW, f"fgad-run {detector.class_name}: {rate:.1f} FPS, score {result.score:.3f} {label}")
+    return path
+
+
+def _quit_pressed() -> bool:
+    import cv2
+
+    return cv2.waitKey(1) & 0xFF in (ord("q"), 27)
+
+
+def _close_window() -> None:
+    import cv2
+
+    try:
+        cv2.destroyWindow(WINDOW)
+    except cv2.error:
+        pass
+
+
+if __name__ == "__main__":
+    main()
