@@ -277,3 +277,19 @@ def test_prepare_is_cached_and_cache_cleared_on_move(tiny_model: FiLoPlusPlus) -
 def test_unknown_class_is_reported(tiny_model: FiLoPlusPlus) -> None:
     with pytest.raises(KeyError):
         _learner(tiny_model).prepare("no-such-class-xyz")
+
+
+def test_truncating_after_the_longest_eot_is_exact(tiny_model) -> None:  # noqa: ANN001
+    """Causal attention: tokens after EOT cannot change the EOT feature, so cutting them is exact."""
+    import torch
+
+    prompts = tiny_model.prompts
+    texts = ["an industrial photo of a flawless tile.", "abnormal tile with a scratch at top left."]
+    tokens = prompts.tokenizer(texts)
+    eot = tokens.argmax(dim=-1)
+    emb = tiny_model.text_encoder.embed_tokens(tokens)
+    with torch.no_grad():
+        full = tiny_model.text_encoder(emb, eot)
+        cut = tiny_model.text_encoder(emb, eot, seq_len=int(eot.max()) + 1)
+    assert int(eot.max()) + 1 < tokens.shape[1]  # the cut really shortens the sequence
+    torch.testing.assert_close(cut, full, rtol=1e-5, atol=1e-6)

@@ -13,9 +13,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _DropExpectedNotices(logging.Filter):
-    """open_clip announces every random initialisation at WARNING; with --pretrained none it is expected."""
+    """open_clip logs its loading steps on the root logger: keep its warnings, drop its INFO
+    chatter and the random-initialisation notice (expected with --pretrained none)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if "open_clip" in record.pathname and record.levelno < logging.WARNING:
+            return False
         return not str(record.msg).startswith("No pretrained weights loaded")
 
 

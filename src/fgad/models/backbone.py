@@ -115,12 +115,18 @@ class TextEncoder(nn.Module):
         self.register_buffer("attn_mask", clip.attn_mask.clone(), persistent=False)
         self.batch_first = getattr(clip.transformer, "batch_first", True)
 
-    def forward(self, embeddings: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
-        """embeddings [P, T, W], eot_index [P] (int64) -> features [P, C] (not normalised)."""
-        x = embeddings + self.positional_embedding.to(embeddings.dtype)
+    def forward(self, embeddings: torch.Tensor, eot_index: torch.Tensor, seq_len: int | None = None) -> torch.Tensor:
+        """embeddings [P, T, W], eot_index [P] (int64) -> features [P, C] (not normalised).
+
+        ``seq_len`` (a build-time constant, >= every EOT index + 1) lets callers pass prompts cut
+        after their longest EOT: attention is causal, so later tokens never reach the EOT
+        feature and the result is exact, at a fraction of the cost.
+        """
+        length = seq_len if seq_len is not None else self.positional_embedding.shape[0]
+        x = embeddings[:, :length] + self.positional_embedding[:length].to(embeddings.dtype)
         if not self.batch_first:
             x = x.transpose(0, 1)
-        x = self.transformer(x, attn_mask=self.attn_mask)
+        x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])
         if not self.batch_first:
             x = x.transpose(0, 1)
         x = self.ln_final(x)

@@ -25,8 +25,9 @@ from fgad.models.backbone import TextEncoder
 @dataclass
 class _LearnableSet:
     prefix: torch.Tensor  # [P, 1, W]
-    suffix: torch.Tensor  # [P, T - 1 - n_ctx, W]
+    suffix: torch.Tensor  # [P, length - 1 - n_ctx, W]
     eot: torch.Tensor  # [P]
+    length: int  # tokens kept: longest EOT index + 1 (causal attention: the rest cannot matter)
 
 
 @dataclass
@@ -112,18 +113,22 @@ class PromptLearner(nn.Module):
     @torch.no_grad()
     def _encode_fixed(self, texts: list[str]) -> torch.Tensor:
         tokens = self._tokenize(texts)
+        eot = tokens.argmax(dim=-1)
         emb = self.text_encoder.embed_tokens(tokens)
-        return self.text_encoder(emb, tokens.argmax(dim=-1))
+        return self.text_encoder(emb, eot, seq_len=int(eot.max()) + 1)
 
     @torch.no_grad()
     def _learnable_set(self, texts: list[str]) -> _LearnableSet:
         placeholder = " ".join(["X"] * self.n_ctx)
         tokens = self._tokenize([f"{placeholder} {t}" for t in texts])
+        eot = tokens.argmax(dim=-1)
+        length = int(eot.max()) + 1
         emb = self.text_encoder.embed_tokens(tokens)
         return _LearnableSet(
             prefix=emb[:, :1].clone(),
-            suffix=emb[:, 1 + self.n_ctx :].clone(),
-            eot=tokens.argmax(dim=-1),
+            suffix=emb[:, 1 + self.n_ctx : length].clone(),
+            eot=eot,
+            length=length,
         )
 
     def prepare(self, class_name: str) -> ClassPrompts:
@@ -160,7 +165,7 @@ class PromptLearner(nn.Module):
         suffix = s.suffix.unsqueeze(0).expand(batch, -1, -1, -1)
         emb = torch.cat([prefix, ctx_b, suffix], dim=2).flatten(0, 1)  # [B*P, T, W]
         eot = s.eot.repeat(batch)
-        return self.text_encoder(emb, eot).unflatten(0, (batch, num_prompts))
+        return self.text_encoder(emb, eot, seq_len=s.length).unflatten(0, (batch, num_prompts))
 
     def forward(self, class_name: str, global_normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw text features: normal [B, Pn, C] and abnormal [B, 9, K_pos, C].
