@@ -5,6 +5,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 OUT    ?= demo_out
 
+RT_VENV := .venv-runtime
+RT_PY   := $(RT_VENV)/bin/python
+RT_STAMP := $(RT_VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+
 .PHONY: venv demo test test-slow test-runtime lint clean
 
 venv: $(STAMP)
@@ -25,8 +29,22 @@ test: venv
 test-slow: venv
 	$(PY) -m pytest -q -m "slow" tests
 
+# The runtime's tests in a venv from the base install only (no torch, no open_clip): proves the
+# edge runtime needs none of the training stack. onnx (test bundles) and scipy (reference values)
+# are test-only.
+$(RT_STAMP): pyproject.toml constraints.txt
+	test -x $(RT_PY) || $(PYTHON) -m venv $(RT_VENV)
+	$(RT_PY) -m pip install -q --upgrade pip
+	$(RT_PY) -m pip install -q -c constraints.txt -e . pytest pytest-timeout onnx scipy
+	rm -f $(RT_VENV)/.installed-*
+	touch $@
+
+test-runtime: $(RT_STAMP)
+	@! $(RT_PY) -c "import torch" 2>/dev/null || { echo "torch is importable in $(RT_VENV)"; exit 1; }
+	$(RT_PY) -m pytest -q -p no:cacheprovider tests/runtime
+
 lint: venv
 	$(PY) -m ruff check src tests
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache
+	rm -rf $(VENV) $(RT_VENV) $(OUT) .pytest_cache
