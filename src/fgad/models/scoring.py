@@ -48,8 +48,9 @@ def filter_masks(
     overlap = lo <= hi
     keep_n = ~(overlap & (dn >= lo) & (dn <= hi))
     keep_a = valid & ~(overlap & (da >= lo) & (da <= hi))
-    keep_n = torch.where(keep_n.any(dim=-1, keepdim=True), keep_n, torch.ones_like(keep_n))
-    keep_a = torch.where(keep_a.any(dim=-1, keepdim=True), keep_a, valid)
+    # "never empty" as plain logic (a bool Where has no ONNX Runtime CPU kernel)
+    keep_n = keep_n | ~keep_n.any(dim=-1, keepdim=True)
+    keep_a = keep_a | (valid & ~keep_a.any(dim=-1, keepdim=True))
     return keep_n, keep_a
 
 

@@ -1,0 +1,406 @@
+"""Write a bundle (docs/bundle.md): ``model.onnx``, ``references.npz`` and ``manifest.json`` for one class.
+
+:func:`write_bundle` freezes the text side, wraps the model, exports the graph, checks it against
+PyTorch in onnxruntime, computes the few-shot memory from the reference images with the graph
+itself, measures how far the frozen text is from the exact per-image computation, and records all
+of it in the manifest. Everything is written into a temporary folder next to ``out_dir`` and
+renamed onto it only when every check has passed: a failed export leaves no bundle behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fgad import __version__
+from fgad.config import ModelConfig, replace
+from fgad.export.frozen_text import TEXT_MODES, FrozenText, freeze_text, freeze_text_bank
+from fgad.export.onnx_export import (
+    DEFAULT_OPSET,
+    DEFORM_FLAVOURS,
+    ExportError,
+    check_against_torch,
+    export_onnx,
+    onnx_output_shapes,
+    run_onnx,
+)
+from fgad.export.wrapper import INPUT_NAME, FiloExportModule
+from fgad.models.filo import FiLoPlusPlus
+from fgad.utils.atomic import atomic_path, atomic_write_json
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MANIFEST_FILE",
+    "MODEL_FILE",
+    "REFERENCES_FILE",
+    "frozen_text_error",
+    "list_reference_images",
+    "load_reference_images",
+    "resize_model",
+    "sha256_file",
+    "write_bundle",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.onnx"
+REFERENCES_FILE = "references.npz"
+#: Without reference images, parity and the text approximation are measured on this many
+#: seeded standard-normal images (the scale of normalised inputs).
+SYNTHETIC_IMAGES = 3
+SYNTHETIC_SEED = 0
+
+
+# ---------------------------------------------------------------------------------- inputs
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def list_reference_images(
+    folder: str | os.PathLike[str], recursive: bool = False, what: str = "reference images"
+) -> list[Path]:
+    """Image files inside ``folder`` (and its subfolders with ``recursive``), sorted, hidden files skipped."""
+    from fgad.data.io import IMAGE_EXTENSIONS
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"folder of {what} {root} does not exist")
+    candidates = root.rglob("*") if recursive else root.iterdir()
+    files = sorted(p for p in candidates
+                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise FileNotFoundError(f"{root}: no {what} ({', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def load_reference_images(paths: Sequence[str | os.PathLike[str]], cfg: ModelConfig) -> torch.Tensor:
+    """Preprocess images exactly as the runtime does (fgad.data.transforms.preprocess) -> [k, 3, s, s]."""
+    from fgad.data.io import read_image
+    from fgad.data.transforms import preprocess
+
+    bb = cfg.backbone
+    arrays = [preprocess(read_image(p), bb.image_size, bb.mean, bb.std) for p in paths]
+    return torch.from_numpy(np.stack(arrays).astype(np.float32))
+
+
+def _synthetic_images(cfg: ModelConfig, count: int = SYNTHETIC_IMAGES) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(SYNTHETIC_SEED)
+    size = cfg.backbone.image_size
+    return torch.randn(count, 3, size, size, generator=gen)
+
+
+# ---------------------------------------------------------------------------------- image size
+
+
+def resize_model(
+    model: FiLoPlusPlus, image_size: int, pretrained: str | None
+) -> tuple[FiLoPlusPlus, dict[str, Any]]:
+    """The same trained model at another input size; only the position grid changes.
+
+    With pretrained weights the model is rebuilt at ``image_size`` from the same source (the
+    loader resizes the original position grid, as training at that size would) and every other
+    backbone tensor is checked to equal ``model``'s. A randomly initialised backbone has no
+    original grid: its trained-size table is resized (bicubic, CLS row kept). All other weights,
+    learned ones included, are copied from ``model``.
+    """
+    from fgad.models.build import build_model
+    from fgad.models.clip_loader import RANDOM_INIT, resize_position_embedding
+    from fgad.train.checkpoint import CheckpointError
+
+    cfg = model.cfg
+    if image_size == cfg.backbone.image_size:
+        return model, {}
+    new_cfg = replace(cfg, backbone=replace(cfg.backbone, image_size=image_size))  # validates the size
+    random_init = pretrained is None or pretrained.lower() in RANDOM_INIT
+    new_model = build_model(new_cfg, pretrained="none" if random_init else pretrained).eval()
+    pos_key = "backbone.positional_embedding"
+    old_state = model.state_dict()
+    new_state = new_model.state_dict()
+    if random_init:
+        resized = resize_position_embedding(old_state[pos_key].detach().float(), new_cfg.backbone.grid)
+        how = f"resized (bicubic) from the checkpoint's {cfg.backbone.grid}x{cfg.backbone.grid} table"
+    else:
+        resized = new_state[pos_key]
+        how = f"resized by the loader from {pretrained}"
+        for key, value in old_state.items():
+            if key.startswith("backbone.") and key != pos_key and not torch.equal(value, new_state[key]):
+                raise CheckpointError(
+                    f"rebuilding the backbone at {image_size} px from {pretrained!r} changed {key}: "
+                    "not the backbone this checkpoint was trained with"
+                )
+    state = {k: v for k, v in old_state.items() if not k.startswith("blur.") and k != pos_key}
+    state[pos_key] = resized.to(old_state[pos_key].dtype)
+    missing, unexpected = new_model.load_state_dict(state, strict=False)
+    leftover = [k for k in missing if not k.startswith("blur.")]
+    if leftover or unexpected:
+        raise RuntimeError(f"resizing the model left keys unset {leftover[:5]} / unexpected {unexpected[:5]}")
+    new_model.prompts.extra_banks = model.prompts.extra_banks
+    note = {"trained": cfg.backbone.image_size, "exported": image_size, "position_grid": how}
+    return new_model, note
+
+
+# ---------------------------------------------------------------------------------- text approximation
+
+
+def _runtime_finish(model: FiLoPlusPlus, vl_map: torch.Tensor, global_prob: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """docs/bundle.md steps 2-4 in zero-shot: smooth (the model's own GaussianBlur), then the image score."""
+    anomaly_map = model.blur(vl_map.unsqueeze(1))[:, 0]
+    score = 0.5 * (global_prob + anomaly_map.flatten(1).amax(dim=1))
+    return anomaly_map, score
+
+
+@torch.no_grad()
+def frozen_text_error(
+    model: FiLoPlusPlus,
+    class_name: str,
+    images: torch.Tensor,
+    text: FrozenText | None = None,
+    ref_images: torch.Tensor | None = None,
+    text_mode: str = "frozen",
+    batch_size: int = 4,
+) -> dict[str, Any]:
+    """How far the bundle's frozen text moves the results from the exact per-image model.
+
+    Exact: ``FiLoPlusPlus.forward`` (per-image CoCoOp conditioning and prompt filtering),
+    zero-shot. Frozen: the export wrapper with ``text`` (or the text frozen from ``ref_images``
+    in ``text_mode``), finished with the runtime steps of docs/bundle.md in PyTorch. Returns max
+    and mean absolute differences of the final anomaly maps, image scores and global
+    probabilities, and how often the best description agrees. With references loaded the runtime
+    averages ``vl_map`` with the few-shot map, which halves the map differences reported here.
+    """
+    if text is None:
+        freeze = freeze_text if text_mode == "frozen" else freeze_text_bank
+        text = freeze(model, class_name, ref_images)
+    was_training = model.training
+    model.eval()
+    module = FiloExportModule(model, text).eval()
+    diffs: dict[str, list[torch.Tensor]] = {"anomaly_map": [], "image_score": [], "global_prob": []}
+    agree: list[torch.Tensor] = []
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            batch = images[start : start + batch_size]
+            exact = model(batch, class_name, use_memory=False)
+            vl, prob, best, *_ = module(batch)
+            amap, score = _runtime_finish(model, vl, prob)
+            diffs["anomaly_map"].append((amap - exact.anomaly_map).abs().flatten(1))
+            diffs["image_score"].append((score - exact.image_score).abs())
+            diffs["global_prob"].append((prob - exact.global_prob).abs())
+            agree.append((best == exact.best_description).float())
+    finally:
+        model.train(was_training)
+    out: dict[str, Any] = {}
+    for name, parts in diffs.items():
+        values = torch.cat(parts)
+        out[f"max_abs_diff_{name}"] = float(values.max())
+        out[f"mean_abs_diff_{name}"] = float(values.mean())
+    out["best_description_agreement"] = float(torch.cat(agree).mean())
+    out["images"] = int(images.shape[0])
+    out["exact"] = "FiLoPlusPlus.forward, per-image conditioning and filtering, zero-shot"
+    return out
+
+
+# ---------------------------------------------------------------------------------- bundle
+
+
+def _references_npz(path: Path, tokens: dict[int, np.ndarray], paths: Sequence[Path]) -> None:
+    arrays: dict[str, np.ndarray] = {}
+    for layer, t in tokens.items():
+        rows = t.reshape(-1, t.shape[-1]).astype(np.float32)
+        rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)  # exact unit rows
+        arrays[f"layer_{layer}"] = rows
+    arrays["paths"] = np.array([str(p) for p in paths])
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def _check_shapes(shapes: dict[str, list[int | None]], cfg: ModelConfig) -> dict[str, list[int | None]]:
+    bb = cfg.backbone
+    s, n, d = bb.image_size, bb.num_patches, bb.width
+    expected: dict[str, list[int | None]] = {"vl_map": [None, s, s], "global_prob": [None], "best_description": [None]}
+    for layer in cfg.fewshot.memory_layers:
+        expected[f"tokens_{layer}"] = [None, n, d]
+    if list(shapes) != list(expected):
+        raise ExportError(f"the graph's outputs are {list(shapes)}, expected {list(expected)}")
+    for name, want in expected.items():
+        got = shapes[name]
+        static_ok = len(got) == len(want) and all(w is None or g == w for g, w in zip(got, want, strict=True))
+        if not static_ok:
+            raise ExportError(f"output {name} has shape {got}, expected {want}")
+    return {name: [None, *shapes[name][1:]] for name in expected}
+
+
+def _prepare_target(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
+        raise FileExistsError(f"{out} is a non-empty directory that is not a bundle; choose another --out")
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Rename the finished temporary folder onto ``out`` (replacing an earlier bundle there)."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.{uuid.uuid4().hex}.old"
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def write_bundle(
+    out_dir: str | os.PathLike[str],
+    model: FiLoPlusPlus,
+    model_cfg: ModelConfig,
+    class_name: str,
+    refs: Sequence[str | os.PathLike[str]] | None,
+    text_mode: str = "frozen",
+    deform: str = "decomposed",
+    checkpoint_meta: dict[str, Any] | None = None,
+    opset: int = DEFAULT_OPSET,
+    thresholds: dict[str, Any] | None = None,
+    tolerances: dict[str, float] | None = None,
+    external_data: bool | None = None,
+    approximation_images: Sequence[str | os.PathLike[str]] | None = None,
+) -> Path:
+    """Export ``model`` for ``class_name`` into the bundle folder ``out_dir`` and return it.
+
+    ``refs``: normal reference images of the class (CoCoOp conditioning, reference-set filtering,
+    parity inputs and ``references.npz``); ``None`` or empty: zero-shot bundle, conditioned on the
+    zero vector, checked on seeded synthetic inputs. ``checkpoint_meta`` may carry ``pretrained``,
+    ``backbone_fingerprint``, ``checkpoint_sha256`` and ``checkpoint`` (recorded under ``model``).
+    ``approximation_images``: images (best: good and defective ones not among the references) on
+    which the frozen-text approximation is measured; default the parity inputs (the references,
+    whose mean conditions CoCoOp, so the recorded difference is then an optimistic one).
+    ``external_data``: see :func:`~fgad.export.onnx_export.export_onnx` (``None``: only above 2 GB;
+    the weights file is then listed in ``engine.external_data`` and ``sha256``). Raises
+    :class:`~fgad.export.onnx_export.ExportParityError` (nothing written) when onnxruntime and
+    PyTorch disagree beyond ``tolerances``.
+    """
+    if text_mode not in TEXT_MODES:
+        raise ValueError(f"text_mode={text_mode!r}: use one of {TEXT_MODES}")
+    if deform not in DEFORM_FLAVOURS:
+        raise ValueError(f"deform={deform!r}: use one of {DEFORM_FLAVOURS}")
+    if model_cfg != model.cfg:
+        raise ValueError("model_cfg differs from the model's own config; pass model.cfg (or rebuild the model)")
+    out = Path(out_dir)
+    _prepare_target(out)
+    cfg = model_cfg
+    bb = cfg.backbone
+    model = model.eval()
+    ref_paths = [Path(p) for p in refs] if refs else []
+    ref_images = load_reference_images(ref_paths, cfg) if ref_paths else None
+    check_images = ref_images if ref_images is not None else _synthetic_images(cfg)
+    device = next(model.parameters()).device
+
+    freeze = freeze_text if text_mode == "frozen" else freeze_text_bank
+    text = freeze(model, class_name, ref_images)
+    module = FiloExportModule(model, text).eval()
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex}.tmp"
+    tmp.mkdir()
+    try:
+        onnx_path = export_onnx(module, check_images[:2].to(device), tmp / MODEL_FILE, opset=opset, deform=deform,
+                                external_data=external_data)
+        shapes = _check_shapes(onnx_output_shapes(onnx_path), cfg)
+        parity = check_against_torch(module, onnx_path, check_images.to(device), tolerances)
+        parity["inputs"] = "reference images" if ref_images is not None else f"{len(check_images)} synthetic images"
+        log.info("parity: %s", {k: v for k, v in parity.items() if k.startswith(("max_", "best_"))})
+
+        fewshot: dict[str, Any] = {"layers": list(cfg.fewshot.memory_layers), "file": None, "num_references": 0}
+        if ref_images is not None:
+            outputs = run_onnx(onnx_path, ref_images.numpy())
+            tokens = {layer: outputs[f"tokens_{layer}"] for layer in cfg.fewshot.memory_layers}
+            _references_npz(tmp / REFERENCES_FILE, tokens, ref_paths)
+            fewshot.update(file=REFERENCES_FILE, num_references=len(ref_paths))
+
+        if approximation_images:
+            measure_on = load_reference_images([Path(p) for p in approximation_images], cfg)
+            measured = f"{len(measure_on)} given images"
+        else:
+            measure_on, measured = check_images, parity["inputs"]
+        approximation = frozen_text_error(model, class_name, measure_on.to(device), text=text)
+        approximation["inputs"] = measured
+        log.info("frozen text vs exact model: %s", approximation)
+
+        files = sorted(p.name for p in tmp.iterdir() if p.is_file())
+        meta = dict(checkpoint_meta or {})
+        if not meta.get("backbone_fingerprint"):
+            from fgad.train.checkpoint import backbone_fingerprint
+
+            meta["backbone_fingerprint"] = backbone_fingerprint(model)
+        manifest: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "fgad_version": __version__,
+            "created": _utc_now(),
+            "class_name": class_name,
+            "engine": {
+                "kind": "onnx",
+                "file": MODEL_FILE,
+                "opset": opset,
+                "precision": "fp32",
+                "tensorrt_version": None,
+                "compute_capability": None,
+                "external_data": [f for f in files if f.startswith(MODEL_FILE + ".")] or None,
+            },
+            "input": {
+                "name": INPUT_NAME,
+                "size": bb.image_size,
+                "layout": "NCHW",
+                "color": "RGB",
+                "resize": "bicubic",
+                "mean": list(bb.mean),
+                "std": list(bb.std),
+            },
+            "outputs": shapes,
+            "grid": bb.grid,
+            "fewshot": fewshot,
+            "post": {"sigma": cfg.post.sigma, "truncate": cfg.post.truncate},
+            "text": {**text.summary(), "approximation": approximation},
+            "deform": deform,
+            "model": {
+                "config": cfg.name,
+                "backbone": bb.model_name,
+                "pretrained": meta.get("pretrained", bb.pretrained),
+                "backbone_fingerprint": meta["backbone_fingerprint"],
+                "checkpoint_sha256": meta.get("checkpoint_sha256"),
+                **({"checkpoint": str(meta["checkpoint"])} if meta.get("checkpoint") else {}),
+                **({"image_size_override": meta["image_size_override"]} if meta.get("image_size_override") else {}),
+            },
+            "thresholds": {"image": None, "rule": None, **(thresholds or {})},
+            "parity": parity,
+            "sha256": {name: sha256_file(tmp / name) for name in files},
+        }
+        atomic_write_json(tmp / MANIFEST_FILE, manifest)
+        _install(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
