@@ -195,22 +195,26 @@ def test_sigint_stops_a_looping_video_cleanly(shared_bundle: FakeBundle, video_p
     jsonl = tmp_path / "live.jsonl"
     cmd = _python_without_torch(["--bundle", str(shared_bundle.path), "--video", str(video_path), "--loop",
                                  "--jsonl", str(jsonl)])
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if jsonl.exists() and len(jsonl.read_text().splitlines()) >= 20:
-                break
-            if proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.communicate()[1]
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    # the child's output goes to files, not pipes: an undrained pipe could stall it before the signal
+    err_path = tmp_path / "stderr.txt"
+    with open(tmp_path / "stdout.txt", "w") as out_fh, open(err_path, "w") as err_fh:
+        proc = subprocess.Popen(cmd, stdout=out_fh, stderr=err_fh, text=True, env=_env())
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if jsonl.exists() and len(jsonl.read_text().splitlines()) >= 20:
+                    break
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+            assert proc.poll() is None, err_path.read_text()
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    stderr = err_path.read_text()
     assert proc.returncode == 0, stderr
     assert "stopped by Ctrl-C" in stderr and "Traceback" not in stderr
     lines = jsonl.read_text().splitlines()
