@@ -9,7 +9,6 @@ renamed onto it only when every check has passed: a failed export leaves no bund
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -36,6 +35,7 @@ from fgad.export.onnx_export import (
 )
 from fgad.export.wrapper import INPUT_NAME, FiloExportModule
 from fgad.models.filo import FiLoPlusPlus
+from fgad.runtime.manifest import file_sha256 as sha256_file
 from fgad.utils.atomic import atomic_path, atomic_write_json
 
 __all__ = [
@@ -64,14 +64,6 @@ SYNTHETIC_SEED = 0
 
 
 # ---------------------------------------------------------------------------------- inputs
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def list_reference_images(

@@ -36,14 +36,10 @@ def gaussian_kernel1d(sigma: float, radius: int) -> Tensor:
 
     The kernel is computed in float64 (as scipy does) and only then rounded to float32.
     """
-    if sigma <= 0:
-        raise ValueError(f"sigma must be positive, got {sigma}")
-    if radius < 0:
-        raise ValueError(f"radius must be non-negative, got {radius}")
-    x = np.arange(-radius, radius + 1, dtype=np.float64)
-    phi = np.exp(-0.5 / (sigma * sigma) * x * x)
-    phi /= phi.sum()
-    return torch.from_numpy(phi.astype(np.float32))
+    # one definition, shared with the torch-free runtime so both smooth with identical taps
+    from fgad.runtime.postprocess import gaussian_kernel1d as taps
+
+    return torch.from_numpy(taps(float(sigma), int(radius)).copy())
 
 
 def reflect_index(length: int, radius: int) -> np.ndarray:
