@@ -29,6 +29,7 @@ def setup_logging(verbose: bool) -> None:
         datefmt="%H:%M:%S",
     )
     if not verbose:
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # CPU-feature probing notices
         for handler in logging.getLogger().handlers:
             handler.addFilter(_DropExpectedNotices())
 
