@@ -7,10 +7,12 @@ cleanly with a summary line. Needs only the bundle written by fgad-export (see d
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -180,7 +182,7 @@ def _run(
     fps = _Fps()
     started = time.perf_counter()
     try:
-        with source:
+        with _stop_signals(), source:
             if jsonl_path is not None:
                 jsonl_path.parent.mkdir(parents=True, exist_ok=True)
                 jsonl = open(jsonl_path, "a", encoding="utf-8")  # closed in finally
@@ -222,8 +224,35 @@ def _run(
     if outputs:
         summary += "; wrote " + ", ".join(outputs)
     if interrupted:
-        summary = "stopped by Ctrl-C: " + summary
+        summary = "stopped by Ctrl-C or SIGTERM: " + summary
     click.echo(summary, err=True)
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[None]:
+    """Ctrl-C and SIGTERM stop the loop cleanly (KeyboardInterrupt), whatever the parent set.
+
+    A process started with SIGINT ignored (a background job of a non-interactive shell, some
+    supervisors) inherits that, and Python then installs no KeyboardInterrupt handler at all.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _json_line(record: dict[str, Any]) -> str:
