@@ -120,8 +120,7 @@ def main(
 ) -> None:
     """Score every frame of --camera, --video or --images with a bundle."""
     setup_logging(verbose)
-    # setup_logging quiets the root logger below ERROR when not verbose (getLogger("root") is the root logger);
-    # the per-frame warnings and FPS lines of this command must still be seen.
+    # the per-frame warnings and FPS lines of this command must be seen whatever the root level
     logging.getLogger("fgad").setLevel(logging.DEBUG if verbose else logging.INFO)
     given = [n for n, v in (("--camera", camera), ("--video", video), ("--images", images)) if v is not None]
     if len(given) != 1:

@@ -7,10 +7,11 @@ exports to plain ``Gather`` + ``Conv`` nodes in ONNX.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from fgad.runtime.postprocess import reflect_index  # one padding rule for the torch and numpy sides
 
 __all__ = [
     "GaussianBlur",
@@ -40,21 +41,6 @@ def gaussian_kernel1d(sigma: float, radius: int) -> Tensor:
     from fgad.runtime.postprocess import gaussian_kernel1d as taps
 
     return torch.from_numpy(taps(float(sigma), int(radius)).copy())
-
-
-def reflect_index(length: int, radius: int) -> np.ndarray:
-    """Source indices that pad a line of ``length`` samples by ``radius`` on each side.
-
-    Implements scipy's ``mode='reflect'`` (half-sample symmetric, ``d c b a | a b c d | d c b a``)
-    by folding every position into one period of ``2 * length``. Unlike a single flip this stays
-    correct when ``radius > length``, where the signal has to be reflected repeatedly.
-    """
-    if length < 1:
-        raise ValueError(f"length must be >= 1, got {length}")
-    pos = np.arange(-radius, length + radius, dtype=np.int64)
-    period = 2 * length
-    folded = np.mod(pos, period)
-    return np.where(folded >= length, period - 1 - folded, folded)
 
 
 class GaussianBlur(nn.Module):
