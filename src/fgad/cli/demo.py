@@ -106,12 +106,13 @@ def _export_and_run(model, config, target: Path, out_dir: Path) -> None:  # noqa
     samples = discover(target, "test", ["mesh"])
     labels, scores, lines, latencies = [], [], [], []
     for sample in samples:
-        result = detector(sample.image_path)
+        image = read_image(sample.image_path)
+        result = detector(image)
         latencies.append(sum(result.timings.values()))
         labels.append(sample.label)
         scores.append(result.score)
         lines.append(json.dumps({"frame": str(sample.image_path), **result.to_dict()}))
-        panel = render_panel(read_image(sample.image_path), result.anomaly_map, score=result.score,
+        panel = render_panel(image, result.anomaly_map, score=result.score,
                              label="ANOMALY" if result.is_anomalous else "ok")
         save_image_rgb(run_dir / "overlays" / f"{sample.defect_type}_{sample.image_path.stem}.png", panel)
     (run_dir / "results.jsonl").write_text("\n".join(lines) + "\n")

@@ -177,22 +177,27 @@ def train(
                 disable=not progress,
                 leave=False,
             )
-            for batch in bar:
-                loss = phase1_loss(model, batch, tc.positions_from_mask) if phase == 1 else phase2_loss(model, batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                value = float(loss.detach())
-                if not np.isfinite(value):
-                    raise FloatingPointError(f"phase {phase} epoch {epoch + 1}: loss became {value}; lower the lr")
-                total += value
-                count += 1
-                state.step += 1
-                bar.set_postfix(loss=f"{value:.4f}")
-                if on_step is not None:
-                    on_step(phase, state.step, value)
-                with log_path.open("a") as fh:
-                    fh.write(json.dumps({"phase": phase, "epoch": epoch + 1, "step": state.step, "loss": value}) + "\n")
+            with log_path.open("a") as log_file:  # one line per step, flushed: a crash loses nothing
+                for batch in bar:
+                    if phase == 1:
+                        loss = phase1_loss(model, batch, tc.positions_from_mask)
+                    else:
+                        loss = phase2_loss(model, batch)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    value = float(loss.detach())
+                    if not np.isfinite(value):
+                        raise FloatingPointError(f"phase {phase} epoch {epoch + 1}: loss became {value}; lower the lr")
+                    total += value
+                    count += 1
+                    state.step += 1
+                    bar.set_postfix(loss=f"{value:.4f}")
+                    if on_step is not None:
+                        on_step(phase, state.step, value)
+                    record_line = {"phase": phase, "epoch": epoch + 1, "step": state.step, "loss": value}
+                    log_file.write(json.dumps(record_line) + "\n")
+                    log_file.flush()
             record = {
                 "phase": phase,
                 "epoch": epoch + 1,
