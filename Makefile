@@ -16,7 +16,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[train,export,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[train,export,detect,plot,dev]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
