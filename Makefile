@@ -9,7 +9,7 @@ RT_VENV := .venv-runtime
 RT_PY   := $(RT_VENV)/bin/python
 RT_STAMP := $(RT_VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: venv demo test test-slow test-runtime lint clean
+.PHONY: venv demo test test-slow test-runtime lint clean cpp-ext
 
 venv: $(STAMP)
 
@@ -44,7 +44,11 @@ test-runtime: $(RT_STAMP)
 	$(RT_PY) -m pytest -q -p no:cacheprovider tests/runtime
 
 lint: venv
-	$(PY) -m ruff check src tests
+	$(PY) -m ruff check src tests cpp_ext/tools
+
+# The CUDA kernels, their CPU build and (where TensorRT headers are found) the TensorRT plugin.
+cpp-ext:
+	cmake -S cpp_ext -B cpp_ext/build -DCMAKE_BUILD_TYPE=Release && cmake --build cpp_ext/build -j
 
 clean:
 	rm -rf $(VENV) $(RT_VENV) $(OUT) .pytest_cache
