@@ -1,0 +1,199 @@
+"""The configurations a benchmark times, each a :class:`~fgad.bench.harness.Runner` over frame files.
+
+* :class:`DetectorRunner`: the torch-free :class:`~fgad.runtime.pipeline.Detector` on a bundle (ONNX
+  Runtime fp32 or int8, TensorRT), exactly what ``fgad-run`` does per frame, plus decode and overlay.
+* :class:`TorchGraphRunner`: the bundle's computation in PyTorch: the export module
+  (:class:`~fgad.export.wrapper.FiloExportModule`, text frozen as in the bundle) for the engine stage,
+  the few-shot search, fusion, smoothing and score in torch. Eager or ``torch.compile``; fp32, or fp16
+  on CUDA. Same weights and frozen text as the bundle, so ``torch / ort`` is the engine's gain.
+* :class:`TorchModelRunner`: ``FiLoPlusPlus.forward`` as trained (the CoCoOp text encoded per image),
+  for the gain of freezing the text.
+
+torch is imported inside the torch runners only: timing a bundle needs no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fgad.bench.stages import StageTimer, detector_stage_ms
+from fgad.data.io import read_image
+from fgad.data.transforms import preprocess
+from fgad.runtime.overlay import heatmap_overlay
+
+__all__ = ["DetectorRunner", "TorchGraphRunner", "TorchModelRunner", "torch_sync"]
+
+
+def torch_sync(device: str) -> Any:
+    """``torch.cuda.synchronize`` for a CUDA device, else None (a :class:`StageTimer` ``sync``)."""
+    if device != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.synchronize
+
+
+def _decode(frames: Sequence[Path], timer: StageTimer) -> list[np.ndarray]:
+    with timer("decode"):
+        return [read_image(p) for p in frames]
+
+
+def _overlay(images: Sequence[np.ndarray], maps: Sequence[np.ndarray], timer: StageTimer) -> None:
+    with timer("overlay"):
+        for image, amap in zip(images, maps, strict=True):
+            heatmap_overlay(image, amap)
+
+
+class DetectorRunner:
+    """The runtime Detector on a bundle; its own stage timings (``Result.timings``) are used as they are."""
+
+    def __init__(self, detector: Any, label: str = "") -> None:
+        self.detector = detector
+        self.label = label
+        self.device = "cpu"
+        providers = getattr(detector.backend, "providers", None)
+        if providers and providers[0] == "CUDAExecutionProvider":
+            self.device = "cuda"
+        elif getattr(detector.backend, "name", "") == "tensorrt":
+            self.device = "cuda"
+
+    def set_references(self, refs: Sequence[Path]) -> None:
+        """Replace the few-shot memory with ``refs`` (none: zero-shot)."""
+        self.detector.clear_references()
+        if refs:
+            self.detector.add_references(list(refs), recalibrate=False)
+
+    def __call__(self, frames: Sequence[Path]) -> tuple[list[float], dict[str, float]]:
+        timer = StageTimer()
+        images = _decode(frames, timer)
+        results = self.detector.batch(images, batch_size=len(images))
+        for stage, ms in detector_stage_ms([r.timings for r in results]).items():
+            timer.add(stage, ms)
+        _overlay(images, [r.anomaly_map for r in results], timer)
+        return [r.score for r in results], timer.ms
+
+
+class TorchGraphRunner:
+    """The bundle's computation in PyTorch (see the module docstring).
+
+    Args:
+        model: the FiLo++ model the bundle was exported from (its blur and config are used).
+        text: the frozen text of the bundle (:func:`fgad.export.frozen_text.freeze_text`).
+        device: "cpu" or "cuda".
+        precision: "fp32", or "fp16" (CUDA only).
+        compile: wrap the graph module in ``torch.compile`` (compiled on the first call).
+    """
+
+    def __init__(self, model: Any, text: Any, device: str = "cpu", precision: str = "fp32",
+                 compile: bool = False) -> None:
+        import copy
+
+        import torch
+
+        from fgad.export.wrapper import FiloExportModule
+
+        if precision not in ("fp32", "fp16"):
+            raise ValueError(f"the torch backend runs fp32 or fp16, not {precision!r}")
+        if precision == "fp16" and device != "cuda":
+            raise ValueError("fp16 PyTorch needs a CUDA device")
+        self.torch = torch
+        self.device = device
+        self.cfg = model.cfg
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        module = FiloExportModule(model, text).eval()
+        if precision == "fp16" or device != "cpu":
+            module = copy.deepcopy(module)
+        self.module = module.to(device=device, dtype=self.dtype)
+        self.blur = copy.deepcopy(model.blur).to(device) if device != "cpu" else model.blur
+        self.graph = torch.compile(self.module) if compile else self.module
+        self.memory: list[Any] | None = None
+
+    @property
+    def _bb(self) -> Any:
+        return self.cfg.backbone
+
+    def _batch(self, images: Sequence[np.ndarray]) -> Any:
+        bb = self._bb
+        arr = np.stack([preprocess(img, bb.image_size, bb.mean, bb.std) for img in images])
+        return self.torch.from_numpy(arr).to(device=self.device, dtype=self.dtype)
+
+    def set_references(self, refs: Sequence[Path]) -> None:
+        """Fill the memory with the normalised tokens the graph returns for ``refs`` (none: zero-shot)."""
+        from fgad.models.fewshot import normalize_memory
+
+        if not refs:
+            self.memory = None
+            return
+        with self.torch.no_grad():
+            outs = self.module(self._batch([read_image(p) for p in refs]))
+        tokens = outs[3:]
+        self.memory = [normalize_memory(t) for t in tokens]
+
+    def __call__(self, frames: Sequence[Path]) -> tuple[list[float], dict[str, float]]:
+        from fgad.models.fewshot import patch_min_distance
+        from fgad.models.postprocess import upsample
+
+        torch = self.torch
+        bb = self._bb
+        timer = StageTimer(torch_sync(self.device))
+        images = _decode(frames, timer)
+        with torch.no_grad():
+            with timer("preprocess"):
+                x = self._batch(images)
+            with timer("engine"):
+                vl, prob, _best, *tokens = self.graph(x)
+            few = None
+            if self.memory is not None:
+                with timer("fewshot"):
+                    dist = torch.stack([patch_min_distance(t, m) for t, m in zip(tokens, self.memory, strict=True)])
+                    dist = dist.mean(dim=0).float().unflatten(1, (bb.grid, bb.grid)).unsqueeze(1)
+                    few = upsample(dist, bb.image_size, align_corners=True)[:, 0]
+            with timer("post"):
+                fused = vl.float() if few is None else (vl.float() + few) / 2.0
+                amap = self.blur(fused.unsqueeze(1))[:, 0]
+                score = 0.5 * (prob.float() + amap.flatten(1).amax(dim=1))
+                maps = amap.cpu().numpy()
+                scores = score.cpu().tolist()
+        _overlay(images, list(maps), timer)
+        return scores, timer.ms
+
+
+class TorchModelRunner:
+    """``FiLoPlusPlus.forward`` per batch (text encoded per image); its whole forward is the engine stage."""
+
+    def __init__(self, model: Any, class_name: str, device: str = "cpu") -> None:
+        import torch
+
+        self.torch = torch
+        self.device = device
+        self.model = model.to(device).eval()
+        self.class_name = class_name
+
+    def _batch(self, images: Sequence[np.ndarray]) -> Any:
+        bb = self.model.cfg.backbone
+        arr = np.stack([preprocess(img, bb.image_size, bb.mean, bb.std) for img in images])
+        return self.torch.from_numpy(arr).to(self.device)
+
+    def set_references(self, refs: Sequence[Path]) -> None:
+        if refs:
+            self.model.set_reference_images(self._batch([read_image(p) for p in refs]))
+        else:
+            self.model.clear_memory()
+
+    def __call__(self, frames: Sequence[Path]) -> tuple[list[float], dict[str, float]]:
+        torch = self.torch
+        timer = StageTimer(torch_sync(self.device))
+        images = _decode(frames, timer)
+        with torch.no_grad():
+            with timer("preprocess"):
+                x = self._batch(images)
+            with timer("engine"):
+                out = self.model(x, self.class_name)
+            maps = out.anomaly_map.cpu().numpy()
+            scores = out.image_score.cpu().tolist()
+        _overlay(images, list(maps), timer)
+        return scores, timer.ms
