@@ -1,0 +1,132 @@
+"""Evaluation of a FineGrainedAD model on its class (called by :func:`fgad.evaluation.evaluate_class`).
+
+The same function evaluates the combined mode (:class:`fgad.finegrained.combined.CombinedModel`), at
+FiLo++'s input size.
+
+The galleries hold the k shots the model was trained with (``model.reference_paths``, from the
+checkpoint) unless ``settings.shots > 0`` asks for other references (then chosen as fgad-eval always
+does, :func:`fgad.evaluation.choose_shots`). Maps are scored at ``finegrained.output_size`` (400 px for
+the paper's config): the masks are resized to it (bilinear, threshold 0.5), the images to the
+model's input size. Only the model's own class can be evaluated.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fgad.finegrained.combined import CombinedModel
+from fgad.finegrained.model import FineGrainedAD
+
+__all__ = ["evaluate_class_fgad", "load_references"]
+
+
+def load_references(model: FineGrainedAD | CombinedModel, paths: list[str]) -> None:
+    """Fill the galleries from image files (preprocessed as training and the runtime do)."""
+    from fgad.data.io import read_image
+    from fgad.data.transforms import preprocess
+
+    bb = model.cfg.backbone
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"shot image(s) {missing[:3]} of the checkpoint are missing; pass --shots K to choose references "
+            "from --data instead"
+        )
+    images = np.stack([preprocess(read_image(p), bb.image_size, bb.mean, bb.std) for p in paths])
+    model.set_reference_images(torch.from_numpy(images), list(paths))
+
+
+@torch.no_grad()
+def evaluate_class_fgad(
+    model: FineGrainedAD | CombinedModel,
+    root: str | Path,
+    class_name: str,
+    settings: Any,
+    out_dir: Path | None,
+    progress: bool = True,
+) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, Any]]:
+    """Metrics, per-image predictions and run info, as :func:`fgad.evaluation.evaluate_class` returns them."""
+    from fgad.data.datasets import discover, load_sample_raw
+    from fgad.data.transforms import preprocess, preprocess_mask
+    from fgad.evaluation import _overlay_picks, _subsample, _write_overlay, choose_shots
+    from fgad.metrics import compute_metrics
+
+    if class_name != model.class_name:
+        raise ValueError(
+            f"this FineGrainedAD model was trained for class {model.class_name!r}; it cannot evaluate "
+            f"{class_name!r} (pass --classes {model.class_name})"
+        )
+    if getattr(settings, "box_prior", "none") != "none":
+        raise ValueError(f"--box-prior {settings.box_prior}: FineGrainedAD has no box prior; leave it at 'none'")
+    bb = model.cfg.backbone
+    size, out_size = bb.image_size, model.output_size
+    model.eval()
+    info: dict[str, Any] = {}
+    if settings.shots > 0:
+        train_good = [s for s in discover(root, "train", [class_name]) if s.label == 0]
+        idx = choose_shots(train_good, settings.shots, settings.seed)
+        load_references(model, [str(train_good[i].image_path) for i in idx])
+        info["references_from"] = f"{settings.shots} train/good images chosen with seed {settings.seed}"
+    else:
+        if not model.reference_paths:
+            raise ValueError("the model holds no shots; load a checkpoint (its shots are recorded) or pass --shots K")
+        load_references(model, list(model.reference_paths))
+        info["references_from"] = "the checkpoint's training shots"
+    info["reference_images"] = list(model.reference_paths)
+    samples = discover(root, "test", [class_name])
+    if settings.max_images is not None:
+        samples = _subsample(samples, settings.max_images)
+    overlay_paths = _overlay_picks(samples, settings.num_overlays)
+    names = model.pair_names
+
+    labels: list[int] = []
+    scores: list[float] = []
+    maps: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    predictions: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    chunks = [samples[i : i + settings.batch_size] for i in range(0, len(samples), settings.batch_size)]
+    label = "FiLo++ + FineGrainedAD" if model.method == "combined" else "FineGrainedAD"
+    for chunk in tqdm(chunks, desc=f"eval {class_name} ({label})", disable=not progress, leave=False):
+        kept, images, gts = [], [], []
+        for s in chunk:
+            raw = load_sample_raw(s)
+            if raw is None:
+                continue
+            kept.append(s)
+            images.append(preprocess(raw[0], size, bb.mean, bb.std))
+            gts.append(preprocess_mask(raw[1], out_size))
+        if not kept:
+            continue
+        out = model(torch.from_numpy(np.stack(images)), class_name)
+        amap = out.anomaly_map.float().numpy()
+        for j, s in enumerate(kept):
+            labels.append(s.label)
+            scores.append(float(out.image_score[j]))
+            maps.append(amap[j].astype(np.float32))
+            masks.append(gts[j] > 0.5)
+            predictions.append({
+                "path": str(s.image_path),
+                "class": class_name,
+                "defect_type": s.defect_type,
+                "label": s.label,
+                "score": float(out.image_score[j]),
+                "global_prob": float(out.global_prob[j]),
+                "map_max": float(amap[j].max()),
+                "best_description": names[int(out.best_description[j])],
+            })
+            if out_dir is not None and s.image_path in overlay_paths:
+                _write_overlay(out_dir, class_name, s, amap[j], out_size, float(out.image_score[j]))
+    seconds = time.perf_counter() - started
+    if not labels:
+        raise ValueError(f"class {class_name!r}: no readable test images under {root}")
+    metrics = compute_metrics(np.array(labels), np.array(scores), np.stack(masks), np.stack(maps))
+    info.update({"images": len(labels), "seconds": seconds, "seconds_per_image": seconds / len(labels),
+                 "output_size": out_size, "method": model.method})
+    return metrics, predictions, info
