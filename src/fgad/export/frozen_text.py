@@ -12,8 +12,12 @@ constant of the graph:
 * ``bank`` mode keeps every normal and abnormal prompt embedding so that the graph filters per
   image with masks (the CoCoOp conditioning is still the reference-set one).
 
-The box prior is ``none`` in a bundle: all 9 positions are valid. Both modes approximate the
-per-image CoCoOp computation; :func:`fgad.export.bundle.frozen_text_error` measures by how much.
+Box priors: with ``none`` all 9 positions are valid. With a prior in the graph (``objectness``) the
+position is chosen per image inside the graph: ``frozen`` mode then also holds one filtered pair per
+position (``position_normal`` / ``position_abnormal``, ``[9, C]``, each filtered over the reference
+set within that position's prompts) and the graph gathers the row of the chosen cell; ``bank`` mode
+masks the prompts of the other positions and filters per image. Both modes approximate the per-image
+CoCoOp computation; :func:`fgad.export.bundle.frozen_text_error` measures by how much.
 """
 
 from __future__ import annotations
@@ -59,6 +63,14 @@ class FrozenText:
     filtering: str  # "reference-set" | "per-image" | "none"
     num_references: int
     notes: list[str] = field(default_factory=list)
+    position_normal: torch.Tensor | None = None  # [9, C] frozen T_n when only position p's prompts are used
+    position_abnormal: torch.Tensor | None = None  # [9, C] frozen T_a of position p
+    position_kept_abnormal: list[int] | None = None  # per position, abnormal prompts kept by the filtering
+
+    def abnormal_positions(self) -> torch.Tensor:
+        """``[P]`` int64: the position cell (0..8) of each abnormal row (rows are position-major)."""
+        per_position = self.abnormal.shape[0] // NUM_POSITIONS
+        return torch.arange(self.abnormal.shape[0], device=self.abnormal.device) // per_position
 
     def summary(self) -> dict[str, Any]:
         """The manifest's ``text`` entry (without the measured approximation)."""
@@ -76,6 +88,9 @@ class FrozenText:
         if self.mode == "frozen":
             out["kept_normal"] = int(self.keep_normal.sum())
             out["kept_abnormal"] = int(self.keep_abnormal.sum())
+        if self.position_kept_abnormal is not None:
+            out["positions"] = "per image: the box prior's cell selects one of 9 frozen pairs in the graph"
+            out["kept_abnormal_per_position"] = list(self.position_kept_abnormal)
         if self.notes:
             out["notes"] = list(self.notes)
         return out
@@ -95,21 +110,11 @@ def reference_globals(
     return g, model.adapted_global(g)
 
 
-def _check_exportable_config(model: FiLoPlusPlus) -> None:
-    prior = model.cfg.post.box_prior
-    if prior != "none":
-        raise ValueError(
-            f"post.box_prior={prior!r}: a bundle has no box prior (the graph scores all 9 positions and the "
-            "whole image); export with box_prior 'none'"
-        )
-
-
 @torch.no_grad()
 def _encode(
     model: FiLoPlusPlus, class_name: str, ref_images: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, str, int]:
     """Normalised prompt features (normal [Pn, C], abnormal [P, C]), n(mean G_a) or None, and the wording."""
-    _check_exportable_config(model)
     was_training = model.training
     model.eval()
     try:
@@ -143,10 +148,38 @@ def _descriptions(model: FiLoPlusPlus, class_name: str, expected: int) -> list[s
     return descriptions
 
 
+def _position_pairs(
+    normal: torch.Tensor, abnormal: torch.Tensor, adapted: torch.Tensor | None, filtering: bool
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Per position p: (T_n, T_a) with only p's abnormal prompts valid, filtered over the reference set."""
+    per_position = abnormal.shape[0] // NUM_POSITIONS
+    rows = torch.arange(abnormal.shape[0], device=abnormal.device) // per_position
+    t_n, t_a, kept = [], [], []
+    for p in range(NUM_POSITIONS):
+        valid = (rows == p).unsqueeze(0)
+        if filtering and adapted is not None:
+            keep_n, keep_a = filter_masks(adapted, normal.unsqueeze(0), abnormal.unsqueeze(0), valid)
+        else:
+            keep_n = torch.ones(1, normal.shape[0], dtype=torch.bool, device=normal.device)
+            keep_a = valid
+        t_n.append(masked_direction(normal.unsqueeze(0), keep_n)[0])
+        t_a.append(masked_direction(abnormal.unsqueeze(0), keep_a)[0])
+        kept.append(int(keep_a.sum()))
+    return torch.stack(t_n), torch.stack(t_a), kept
+
+
 @torch.no_grad()
-def freeze_text(model: FiLoPlusPlus, class_name: str, ref_images: torch.Tensor | None) -> FrozenText:
-    """The filtered text pair of ``class_name``, conditioned and filtered over the reference set."""
+def freeze_text(
+    model: FiLoPlusPlus, class_name: str, ref_images: torch.Tensor | None, per_position: bool = False
+) -> FrozenText:
+    """The filtered text pair of ``class_name``, conditioned and filtered over the reference set.
+
+    ``per_position``: also freeze one pair per position cell, for a graph whose box prior picks the
+    position per image.
+    """
     normal, abnormal, adapted, words, k = _encode(model, class_name, ref_images)
+    if abnormal.shape[0] % NUM_POSITIONS:
+        raise RuntimeError(f"{abnormal.shape[0]} abnormal prompts are not {NUM_POSITIONS} positions")
     notes: list[str] = []
     valid = torch.ones(1, abnormal.shape[0], dtype=torch.bool, device=abnormal.device)  # box prior "none"
     if model.cfg.prompts.filtering and adapted is not None:
@@ -162,6 +195,9 @@ def freeze_text(model: FiLoPlusPlus, class_name: str, ref_images: torch.Tensor |
         notes.append("no reference images: CoCoOp meta-nets conditioned on the zero vector")
     t_normal = masked_direction(normal.unsqueeze(0), keep_n)[0]
     t_abnormal = masked_direction(abnormal.unsqueeze(0), keep_a)[0]
+    positions = None
+    if per_position:
+        positions = _position_pairs(normal, abnormal, adapted, filtering == "reference-set")
     return FrozenText(
         class_name=class_name,
         mode="frozen",
@@ -180,12 +216,21 @@ def freeze_text(model: FiLoPlusPlus, class_name: str, ref_images: torch.Tensor |
         filtering=filtering,
         num_references=k,
         notes=notes,
+        position_normal=None if positions is None else positions[0],
+        position_abnormal=None if positions is None else positions[1],
+        position_kept_abnormal=None if positions is None else positions[2],
     )
 
 
 @torch.no_grad()
-def freeze_text_bank(model: FiLoPlusPlus, class_name: str, ref_images: torch.Tensor | None) -> FrozenText:
-    """Every prompt embedding of ``class_name`` (same CoCoOp conditioning); the graph filters per image."""
+def freeze_text_bank(
+    model: FiLoPlusPlus, class_name: str, ref_images: torch.Tensor | None, per_position: bool = False
+) -> FrozenText:
+    """Every prompt embedding of ``class_name`` (same CoCoOp conditioning); the graph filters per image.
+
+    ``per_position`` is accepted for symmetry with :func:`freeze_text`: a bank already holds every position's
+    prompts, and the graph masks the unselected ones.
+    """
     normal, abnormal, _, words, k = _encode(model, class_name, ref_images)
     keep_n = torch.ones(normal.shape[0], dtype=torch.bool, device=normal.device)
     valid = torch.ones(abnormal.shape[0], dtype=torch.bool, device=abnormal.device)  # box prior "none"

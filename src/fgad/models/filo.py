@@ -18,6 +18,7 @@ from torch import nn
 from fgad.config import ModelConfig
 from fgad.data.fusdes import NUM_POSITIONS
 from fgad.models.backbone import ClipDualPath, TextEncoder, VisualFeatures
+from fgad.models.boxprior import BoxPrior, BoxPriorResult
 from fgad.models.fewshot import PatchMemory
 from fgad.models.heads import Adapter, LinearStageHeads, MDCIHead
 from fgad.models.postprocess import GaussianBlur, suppress_outside, upsample
@@ -42,6 +43,7 @@ class FiloOutput(NamedTuple):
     vl_map: torch.Tensor  # [B, s, s], M^vl after suppression
     fewshot_map: torch.Tensor | None  # [B, s, s], M^few after suppression
     best_description: torch.Tensor  # [B] abnormal prompt (selected positions) closest to G_a
+    prior: BoxPriorResult | None = None  # the box prior's boxes, region and position, when one ran
 
 
 class FiLoPlusPlus(nn.Module):
@@ -152,13 +154,25 @@ class FiLoPlusPlus(nn.Module):
         region: torch.Tensor | None = None,
         filtering: bool | None = None,
         use_memory: bool = True,
+        box_prior: BoxPrior | None = None,
     ) -> FiloOutput:
+        """Score ``images`` of ``class_name``.
+
+        The position mask and region come either from ``positions`` / ``region`` or from ``box_prior``
+        (run on these images, reusing this forward's backbone features), not both. Without either: all 9
+        positions and the whole image.
+        """
         batch = images.shape[0]
-        if positions is None:
-            positions = torch.ones(batch, NUM_POSITIONS, device=images.device)
+        if box_prior is not None and (positions is not None or region is not None):
+            raise ValueError("pass either box_prior or positions/region to FiLoPlusPlus.forward, not both")
         if filtering is None:
             filtering = self.cfg.prompts.filtering and not self.training
         feats = self.encode_images(images)
+        prior = box_prior(images, class_name, features=feats) if box_prior is not None else None
+        if prior is not None:
+            positions, region = prior.positions, prior.region
+        if positions is None:
+            positions = torch.ones(batch, NUM_POSITIONS, device=images.device)
         g_normed = l2n(feats.global_embed)
         g_adapted = self.adapted_global(feats.global_embed)
         pair = self.text_pair(class_name, g_normed, g_adapted, positions, filtering)
@@ -188,4 +202,5 @@ class FiLoPlusPlus(nn.Module):
             vl_map=vl,
             fewshot_map=few,
             best_description=sims.argmax(dim=1),
+            prior=prior,
         )
