@@ -9,7 +9,7 @@ RT_VENV := .venv-runtime
 RT_PY   := $(RT_VENV)/bin/python
 RT_STAMP := $(RT_VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: venv demo test test-slow test-runtime lint clean cpp-ext
+.PHONY: venv demo test test-slow test-runtime lint typecheck clean cpp-ext
 
 venv: $(STAMP)
 
@@ -45,6 +45,15 @@ test-runtime: $(RT_STAMP)
 
 lint: venv
 	$(PY) -m ruff check src tests cpp_ext/tools
+
+# The TensorRT builder and runtime code against the TensorRT 10 stubs. The stubs go to their own folder,
+# never site-packages: a stub-only tensorrt/ there would make importlib.util.find_spec("tensorrt") lie.
+# The published stubs need three fixes to parse (parameters named `in`, a `bool` attribute, a default).
+TRT_STUBS := $(VENV)/trt-stubs
+typecheck: venv
+	test -d $(TRT_STUBS)/tensorrt || $(PY) -m pip install -q --no-deps --target $(TRT_STUBS) -c constraints.txt tensorrt-stubs
+	sed -i -E 's/([(,] *)in: /\1in_: /g; s/(power: Weights = None, channel_axis: int)\)/\1 = ...)/; s/^bool: DataType/bool_: DataType/' $(TRT_STUBS)/tensorrt_bindings/tensorrt.pyi
+	$(VENV)/bin/mypy --config-file mypy-trt.ini
 
 # The CUDA kernels, their CPU build and (where TensorRT headers are found) the TensorRT plugin.
 cpp-ext:

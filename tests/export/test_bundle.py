@@ -247,15 +247,6 @@ def test_failed_parity_writes_no_bundle(
     assert not list(tmp_path.iterdir())
 
 
-def test_engine_other_than_onnx_fails_clearly(tmp_path: Path) -> None:
-    result = CliRunner().invoke(export_main, ["--checkpoint", str(tmp_path / "none"), "--class-name", CLASS_NAME,
-                                              "--engine", "fp16", "--out", str(tmp_path / "b")])
-    assert result.exit_code == 1
-    assert "--engine fp16: TensorRT engines are built by a later release of fgad-export" in result.output
-    assert "need TensorRT on the target machine" in result.output
-    assert not (tmp_path / "b").exists()
-
-
 def test_cli_reports_user_errors_in_one_line(tmp_path: Path, checkpoint: Path, reference: dict[str, Any]) -> None:
     runner = CliRunner()
     result = runner.invoke(export_main, ["--checkpoint", str(tmp_path), "--class-name", CLASS_NAME,

@@ -161,7 +161,7 @@ def _run(
                                     knn=knn)
     threshold_text = "none" if detector.threshold is None else f"{detector.threshold:.4f}"
     click.echo(
-        f"bundle {bundle_dir} (class '{detector.class_name}', {detector.manifest.engine.kind}, "
+        f"bundle {bundle_dir} (class '{detector.class_name}', {detector.backend.name}, "
         f"{detector.size}px): {detector.num_references} reference images, threshold {threshold_text} "
         f"[{detector.threshold_rule}]",
         err=True,

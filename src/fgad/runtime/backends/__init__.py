@@ -13,6 +13,7 @@ Backend classes are imported on demand and their packages only when a backend is
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,7 +44,8 @@ ENGINE_BACKENDS: dict[str, tuple[str, ...]] = {"onnx": ("onnxruntime",), "tensor
 _ALIASES = {"ort": "onnxruntime", "onnx": "onnxruntime", "trt": "tensorrt"}
 _INSTALL = {
     "onnxruntime": "install onnxruntime (pip install onnxruntime, or onnxruntime-gpu)",
-    "tensorrt": "TensorRT engines need the tensorrt package; install it from JetPack/NVIDIA",
+    "tensorrt": "TensorRT engines need the tensorrt package; install it from JetPack/NVIDIA, and cuda-python "
+                "(pip install cuda-python)",
 }
 
 
@@ -98,7 +100,31 @@ def create_backend(
     *,
     threads: int | None = None,
 ) -> Backend:
-    """Create the backend for a checked manifest (see :func:`fgad.runtime.manifest.check_manifest`)."""
-    name = select_backend(manifest.engine.kind, requested, str(Path(bundle_dir) / "manifest.json"))
+    """Create the backend for a checked manifest (see :func:`fgad.runtime.manifest.check_manifest`).
+
+    The engine is :func:`fgad.runtime.manifest.resolve_engine`'s choice: a TensorRT engine where it can run,
+    else the ONNX graph it was built from (``engine.fallback``). With ``requested="auto"`` an engine that
+    still fails to load (a plan TensorRT refuses to deserialize) also falls back, with a warning.
+    """
+    from fgad.runtime.manifest import resolve_engine
+
+    engine = resolve_engine(manifest, bundle_dir, requested, quiet=True)
+    try:
+        return _create(engine, manifest, bundle_dir, requested, threads)
+    except BundleError as err:
+        fallback = manifest.engine.fallback
+        if requested != "auto" or fallback is None or engine is fallback:
+            raise
+        logging.getLogger(__name__).warning("%s; running %s (engine.fallback) instead", err, fallback.file)
+        return _create(fallback, manifest, bundle_dir, requested, threads)
+
+
+def _create(engine: Any, manifest: Manifest, bundle_dir: str | os.PathLike[str], requested: str,
+            threads: int | None) -> Backend:
+    name = select_backend(engine.kind, requested, str(Path(bundle_dir) / "manifest.json"))
     cls = backend_class(name)
-    return cls(Path(bundle_dir) / manifest.engine.file, input_name=manifest.input.name, threads=threads)
+    path = Path(bundle_dir) / engine.file
+    if engine.plugins:
+        plugins = [Path(bundle_dir) / p.file for p in engine.plugins]
+        return cls(path, input_name=manifest.input.name, threads=threads, plugins=plugins)
+    return cls(path, input_name=manifest.input.name, threads=threads)
