@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from fgad.finegrained.config import FineGrainedConfig, finegrained_config_problems
+
 T = TypeVar("T")
 
 
@@ -93,12 +95,40 @@ class FewShotConfig:
     memory_layers: tuple[int, ...] = (6, 12, 18, 24)  # original-path stages in the patch memory
 
 
+BOX_PRIORS = ("none", "objectness", "grounding-dino")
+
+
+@dataclass(frozen=True)
+class GroundingConfig:
+    """The ``grounding-dino`` box prior (METHOD.md §1.5), PyTorch path only."""
+
+    model: str | None = None  # Hugging Face model id or local folder (weights + tokenizer); None: must be given
+    image_size: int = 518  # detector input side (our images are square: the short side is resized to this)
+    box_threshold: float = 0.25  # keep a box when its best token probability exceeds this
+    text_threshold: float = 0.25  # tokens above this form the box's phrase (CODE-FiLo reused box_threshold, P6)
+    max_area: float = 0.7  # keep a box when its normalised area w * h is below this
+    generic_words: tuple[str, ...] = ("anomaly", "damage", "broken", "defect", "contamination")  # caption head
+
+
+@dataclass(frozen=True)
+class ObjectnessConfig:
+    """The ``objectness`` box prior: foreground vs background prompts on the patch tokens (in the graph)."""
+
+    object_templates: tuple[str, ...] = ("a photo of a {}.", "a photo of the {}.", "a close-up photo of a {}.")
+    background_prompts: tuple[str, ...] = ("a photo of the background.", "a photo of an empty surface.",
+                                           "a photo of nothing.")
+    temperature: float = 100.0  # CLIP's logit scale for the two-way object/background softmax
+    threshold: float = 0.5  # a patch is foreground when p(object) > threshold
+
+
 @dataclass(frozen=True)
 class PostConfig:
     sigma: float = 4.0  # Gaussian smoothing of the final map
     truncate: float = 4.0  # radius = int(truncate * sigma + 0.5)
     suppression: float = 0.7  # lambda outside the box prior's region
-    box_prior: str = "none"  # "none": whole image, all 9 positions
+    box_prior: str = "none"  # one of BOX_PRIORS; "none": whole image, all 9 positions
+    grounding: GroundingConfig = field(default_factory=GroundingConfig)  # read when box_prior is grounding-dino
+    objectness: ObjectnessConfig = field(default_factory=ObjectnessConfig)  # read when box_prior is objectness
 
 
 @dataclass(frozen=True)
@@ -109,6 +139,8 @@ class ModelConfig:
     heads: HeadConfig = field(default_factory=HeadConfig)
     fewshot: FewShotConfig = field(default_factory=FewShotConfig)
     post: PostConfig = field(default_factory=PostConfig)
+    method: str = "filo"  # "filo" (FiLo++) or "finegrained" (FineGrainedAD, per-class few-shot)
+    finegrained: FineGrainedConfig = field(default_factory=FineGrainedConfig)  # read when method is finegrained
 
     def __post_init__(self) -> None:
         validate_model_config(self)
@@ -142,6 +174,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+METHODS = ("filo", "finegrained")
+
+
 class ConfigError(ValueError):
     """A configuration that cannot work; the message names the field."""
 
@@ -156,6 +191,13 @@ def validate_model_config(cfg: ModelConfig) -> None:
         raise ConfigError(f"backbone.width={bb.width} is not divisible by backbone.heads={bb.heads}")
     if not 1 <= bb.vv_start <= bb.layers:
         raise ConfigError(f"backbone.vv_start={bb.vv_start} must be in [1, {bb.layers}]")
+    if cfg.method not in METHODS:
+        raise ConfigError(f"method={cfg.method!r}: use one of {list(METHODS)}")
+    if cfg.method == "finegrained":  # FiLo++'s heads and memory are not part of this model
+        problems = finegrained_config_problems(cfg.finegrained, bb.layers)
+        if problems:
+            raise ConfigError("; ".join(problems))
+        return
     for name, layers in (
         ("heads.linear_layers", cfg.heads.linear_layers),
         ("heads.mdci_layers", cfg.heads.mdci_layers),
@@ -180,6 +222,28 @@ def validate_model_config(cfg: ModelConfig) -> None:
     for k in cfg.heads.mdci_kernels:
         if len(k) != 2 or min(k) < 1:
             raise ConfigError(f"heads.mdci_kernels entry {k} must be a (kh, kw) pair of positive ints")
+    _validate_box_prior(cfg.post)
+
+
+def _validate_box_prior(post: PostConfig) -> None:
+    if post.box_prior not in BOX_PRIORS:
+        raise ConfigError(f"post.box_prior={post.box_prior!r}: use one of {list(BOX_PRIORS)}")
+    if not 0.0 <= post.suppression <= 1.0:
+        raise ConfigError(f"post.suppression={post.suppression}: lambda must lie in [0, 1]")
+    g, o = post.grounding, post.objectness
+    for name, value in (("post.grounding.box_threshold", g.box_threshold),
+                        ("post.grounding.text_threshold", g.text_threshold),
+                        ("post.objectness.threshold", o.threshold)):
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{name}={value}: a probability threshold must lie in [0, 1)")
+    if not 0.0 < g.max_area <= 1.0:
+        raise ConfigError(f"post.grounding.max_area={g.max_area}: a fraction of the image area in (0, 1]")
+    if g.image_size < 32:
+        raise ConfigError(f"post.grounding.image_size={g.image_size}: use at least 32 pixels")
+    if not o.object_templates or not all("{}" in t for t in o.object_templates):
+        raise ConfigError("post.objectness.object_templates: give templates with a '{}' for the class name")
+    if not o.background_prompts:
+        raise ConfigError("post.objectness.background_prompts: give at least one background prompt")
 
 
 # ---------------------------------------------------------------- (de)serialisation

@@ -21,9 +21,10 @@ import torch
 from tqdm import tqdm
 
 from fgad.data.datasets import Sample, discover, load_sample_arrays, load_sample_raw
+from fgad.data.fusdes import POSITIONS
 from fgad.data.transforms import resize_image
 from fgad.metrics import compute_metrics, markdown_table, mean_metrics
-from fgad.models.boxprior import build_box_prior
+from fgad.models.boxprior import BoxPrior, BoxPriorResult, build_box_prior
 from fgad.models.filo import FiLoPlusPlus
 from fgad.runtime.overlay import render_panel, save_image_rgb
 from fgad.utils.atomic import atomic_write_json, atomic_write_text
@@ -37,7 +38,8 @@ class EvalSettings:
     seed: int = 0
     batch_size: int = 4
     num_overlays: int = 8  # overlay PNGs per class (spread over defect types and good images)
-    box_prior: str = "none"
+    box_prior: str = "none"  # none | objectness | grounding-dino (fgad.models.boxprior)
+    box_model: str | None = None  # grounding-dino: Hugging Face model id or local folder (overrides the config)
     max_images: int | None = None  # per class, for quick looks; None = all
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -90,6 +92,10 @@ def evaluate_class(
     out_dir: Path | None,
     progress: bool = True,
 ) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, Any]]:
+    if getattr(model, "method", "filo") in ("finegrained", "combined"):  # per-class few-shot model (+ FiLo++)
+        from fgad.finegrained.evaluate import evaluate_class_fgad
+
+        return evaluate_class_fgad(model, root, class_name, settings, out_dir, progress)  # type: ignore[arg-type]
     bb = model.cfg.backbone
     size = bb.image_size
     model.eval()
@@ -107,7 +113,7 @@ def evaluate_class(
     samples = discover(root, "test", [class_name])
     if settings.max_images is not None:
         samples = _subsample(samples, settings.max_images)
-    prior = build_box_prior(settings.box_prior)
+    prior = _box_prior(model, settings)
     prompts = model.prompts.prepare(class_name)
     descriptions = prompts.abnormal_descriptions()
     overlay_paths = _overlay_picks(samples, settings.num_overlays)
@@ -124,8 +130,7 @@ def evaluate_class(
         if not kept:
             continue
         x = torch.from_numpy(images)
-        box = prior(x, class_name)
-        out = model(x, class_name, positions=box.positions, region=box.region)
+        out = model(x, class_name, box_prior=prior)
         amap = out.anomaly_map.float().numpy()
         for j, s in enumerate(kept):
             labels.append(s.label)
@@ -142,6 +147,7 @@ def evaluate_class(
                     "global_prob": float(out.global_prob[j]),
                     "map_max": float(amap[j].max()),
                     "best_description": descriptions[int(out.best_description[j])],
+                    **_prior_prediction(out.prior, j),
                 }
             )
             if out_dir is not None and s.image_path in overlay_paths:
@@ -152,6 +158,30 @@ def evaluate_class(
     metrics = compute_metrics(np.array(labels), np.array(scores), np.stack(masks), np.stack(maps))
     info.update({"images": len(labels), "seconds": seconds, "seconds_per_image": seconds / len(labels)})
     return metrics, predictions, info
+
+
+def _box_prior(model: FiLoPlusPlus, settings: EvalSettings) -> BoxPrior:
+    """The prior named in the settings, with ``box_model`` replacing the config's detector."""
+    post = model.cfg.post
+    if settings.box_model:
+        from fgad.config import replace
+
+        post = replace(post, grounding=replace(post.grounding, model=settings.box_model))
+    return build_box_prior(settings.box_prior, model=model, post=post)
+
+
+def _prior_prediction(prior: BoxPriorResult | None, j: int) -> dict[str, Any]:
+    """What a box prior chose for image ``j``: its position cell and kept boxes (xyxy pixels at input size)."""
+    if prior is None or prior.position is None:
+        return {}
+    out: dict[str, Any] = {"position": POSITIONS[int(prior.position[j])]}
+    if prior.boxes is not None and prior.valid is not None:
+        kept = prior.valid[j].tolist()
+        out["boxes"] = [[round(float(v), 1) for v in box] for box, ok in zip(prior.boxes[j].tolist(), kept,
+                                                                               strict=True) if ok]
+    if prior.phrases is not None:
+        out["phrases"] = list(prior.phrases[j])
+    return out
 
 
 def _subsample(samples: Sequence[Sample], limit: int) -> list[Sample]:
@@ -211,6 +241,7 @@ def evaluate(
             "shots": settings.shots,
             "seed": settings.seed,
             "box_prior": settings.box_prior,
+            **({"box_model": settings.box_model} if settings.box_model else {}),
             "max_images": settings.max_images,
             "model": model.cfg.name,
             "image_size": model.cfg.backbone.image_size,

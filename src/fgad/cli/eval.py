@@ -21,7 +21,15 @@ from fgad.cli.common import friendly_errors, setup_logging, split_classes
 @click.option("--pretrained", default=None, help="Override the weights source (tag, file, local-dir:DIR).")
 @click.option("--bank", "banks", multiple=True, help="Extra description bank (JSON {class: [phrases]}).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the reference-image choice.")
-@click.option("--box-prior", default="none", show_default=True, help="Box prior: none.")
+@click.option("--box-prior", type=click.Choice(["none", "objectness", "grounding-dino"]), default="none",
+              show_default=True,
+              help="DefLoc box prior: none (whole image, all 9 position prompts); objectness (foreground prompts on "
+                   "the model's own tokens, cheap, exportable); grounding-dino (a detector; needs --box-model and "
+                   "pip install 'fgad[detect]').")
+@click.option("--box-model", default=None, metavar="ID_OR_DIR",
+              help="Grounding DINO weights: Hugging Face model id (cached) or a local folder in transformers format.")
+@click.option("--combine-with", type=click.Path(path_type=Path), default=None,
+              help="FineGrainedAD --checkpoint only: average its maps and scores with this FiLo++ checkpoint's.")
 @click.option("--batch-size", type=int, default=4, show_default=True)
 @click.option("--overlays", "num_overlays", type=int, default=8, show_default=True, help="Overlay PNGs per class.")
 @click.option("--max-images", type=int, default=None, help="Evaluate at most this many test images per class.")
@@ -30,6 +38,7 @@ from fgad.cli.common import friendly_errors, setup_logging, split_classes
 @friendly_errors
 def main(checkpoint: Path | None, config_name: str | None, data_root: Path, out_dir: Path, shots: int,
          classes: tuple[str, ...], pretrained: str | None, banks: tuple[str, ...], seed: int, box_prior: str,
+         box_model: str | None, combine_with: Path | None,
          batch_size: int,
          num_overlays: int, max_images: int | None, progress: bool, verbose: bool) -> None:
     """Write metrics.json, metrics.md, predictions.jsonl and overlays/ to OUT."""
@@ -41,22 +50,32 @@ def main(checkpoint: Path | None, config_name: str | None, data_root: Path, out_
     if (checkpoint is None) == (config_name is None):
         raise click.UsageError("pass exactly one of --checkpoint or --config")
     if checkpoint is not None:
-        from fgad.train.checkpoint import load_checkpoint
+        from fgad.finegrained.checkpoint import load_any_checkpoint  # FiLo++ or FineGrainedAD
 
-        model, _, _ = load_checkpoint(checkpoint, pretrained=pretrained)
+        model, _, _ = load_any_checkpoint(checkpoint, pretrained=pretrained, combine_with=combine_with)
         source = str(checkpoint)
     else:
         from fgad.config import load_config
         from fgad.models.build import build_model
 
-        model = build_model(load_config(config_name).model, pretrained=pretrained)
+        if combine_with is not None:
+            raise click.UsageError("--combine-with needs a FineGrainedAD --checkpoint")
+        model_cfg = load_config(config_name).model
+        if model_cfg.method == "finegrained":
+            raise click.UsageError(f"{config_name} is a FineGrainedAD config: train a class first (fgad-train "
+                                   "--class-name NAME --shots K) and evaluate its --checkpoint")
+        model = build_model(model_cfg, pretrained=pretrained)
         source = f"untrained {config_name}"
     if banks:
         model.prompts.add_banks(banks)
     settings = EvalSettings(shots=shots, seed=seed, batch_size=batch_size, num_overlays=num_overlays,
-                            box_prior=box_prior, max_images=max_images, extra={"source": source})
+                            box_prior=box_prior, box_model=box_model, max_images=max_images,
+                            extra={"source": source})
     with torch.no_grad():
-        result = evaluate(model, data_root, out_dir, split_classes(classes), settings, progress=progress)
+        per_class = getattr(model, "method", "") in ("finegrained", "combined")
+        own_class = [model.class_name] if per_class else None  # a FineGrainedAD model knows one class
+        names = split_classes(classes) or own_class
+        result = evaluate(model, data_root, out_dir, names, settings, progress=progress)
     click.echo((out_dir / "metrics.md").read_text())
     total = sum(v["seconds"] for v in result["classes"].values())
     images = sum(v["images"] for v in result["classes"].values())

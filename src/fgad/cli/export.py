@@ -1,27 +1,60 @@
-"""fgad-export: a checkpoint + one class (+ good reference images) -> a bundle for fgad-run."""
+"""fgad-export: a checkpoint + one class (+ good reference images) -> a bundle for fgad-run.
+
+With ``--engine fp32|fp16|int8`` the bundle also gets a TensorRT engine, built on this machine (the one it
+will run on); ``--bundle DIR --engine ...`` builds the engine for an existing bundle (no checkpoint, no
+torch: the path on a Jetson, docs/jetson.md).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
+import numpy as np
 
 from fgad.cli.common import friendly_errors, setup_logging
 
 ENGINES = ("onnx", "fp32", "fp16", "int8")
+#: --deform names: native = ONNX DeformConv (TensorRT >= 10.1 imports it); onnx is kept as its old name
+DEFORM_CHOICES = ("decomposed", "native", "plugin", "onnx")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--checkpoint", "checkpoint", required=True, type=click.Path(path_type=Path),
-              help="fgad-train output directory.")
-@click.option("--class-name", required=True, help="Product class the bundle is for (its prompts are frozen in).")
+@click.option("--checkpoint", "checkpoint", type=click.Path(path_type=Path), default=None,
+              help="fgad-train output directory (required unless --bundle).")
+@click.option("--class-name", default=None,
+              help="Product class the bundle is for (its prompts are frozen in; required unless --bundle).")
+@click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path), default=None,
+              help="An existing bundle: build its TensorRT engine (--engine fp32|fp16|int8) without a checkpoint "
+                   "or torch, e.g. on the device after copying the ONNX bundle there.")
 @click.option("--refs", "refs_dir", type=click.Path(path_type=Path), default=None,
               help="Folder of good images of the class: CoCoOp conditioning, prompt filtering and few-shot memory. "
                    "Without it the bundle is zero-shot.")
 @click.option("--engine", type=click.Choice(ENGINES), default="onnx", show_default=True,
-              help="onnx; fp32/fp16/int8 are TensorRT engines (built by a later release, on the target machine).")
-@click.option("--deform", type=click.Choice(["decomposed", "onnx"]), default="decomposed", show_default=True,
-              help="Deformable conv as GridSample+MatMul (decomposed) or the ONNX DeformConv op (opset 19).")
+              help="onnx: the ONNX bundle only. fp32/fp16/int8: also a TensorRT engine (model.engine), built here, "
+                   "for this GPU and TensorRT version, and checked against onnxruntime.")
+@click.option("--deform", type=click.Choice(DEFORM_CHOICES), default=None,
+              help="Deformable conv as GridSample+MatMul (decomposed, the default), the ONNX DeformConv op (native, "
+                   "opset 19; TensorRT >= 10.1) or our TensorRT plugin's node (plugin: model.onnx keeps DeformConv "
+                   "for onnxruntime, the engine gets the plugin node; needs --plugin). With --bundle: default as "
+                   "exported.")
+@click.option("--plugin", "plugins", multiple=True, type=click.Path(path_type=Path),
+              help="TensorRT plugin library (built from cpp_ext on this device); copied into the bundle.")
+@click.option("--workspace", "workspace_gb", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="TensorRT builder workspace limit in GiB (default: TensorRT's).")
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
+              help="TensorRT timing cache file: read if it exists, updated after the build (faster rebuilds).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Largest batch the engine accepts (its optimization profile is 1..max, tuned for 1).")
+@click.option("--calib-dir", type=click.Path(path_type=Path), default=None,
+              help="--engine int8: folder of normal images to calibrate on (default: the reference images).")
+@click.option("--calib-method", type=click.Choice(["entropy", "percentile", "minmax"]), default="entropy",
+              show_default=True, help="--engine int8: how activation ranges are chosen.")
+@click.option("--allow-unsupported", is_flag=True,
+              help="Build the engine even when the TensorRT coverage check finds unsupported nodes.")
 @click.option("--text", "text_mode", type=click.Choice(["frozen", "bank"]), default="frozen", show_default=True,
               help="frozen: one filtered text pair; bank: all prompt embeddings, filtered per image in the graph.")
 @click.option("--image-size", type=click.IntRange(min=1), default=None,
@@ -31,19 +64,40 @@ ENGINES = ("onnx", "fp32", "fp16", "int8")
                    "frozen-text approximation recorded in the manifest is measured. Default: the references.")
 @click.option("--bank", "banks", multiple=True, help="Extra description bank (JSON {class: [phrases]}).")
 @click.option("--opset", type=click.IntRange(16, None), default=19, show_default=True)
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Bundle directory to write (required unless --bundle).")
 @click.option("-v", "--verbose", is_flag=True)
 @friendly_errors
-def main(checkpoint: Path, class_name: str, refs_dir: Path | None, engine: str, deform: str, text_mode: str,
-         image_size: int | None, measure_dir: Path | None, banks: tuple[str, ...], opset: int, out_dir: Path,
-         verbose: bool) -> None:
-    """Write model.onnx, references.npz and manifest.json to OUT (docs/bundle.md)."""
+def main(checkpoint: Path | None, class_name: str | None, bundle_dir: Path | None, refs_dir: Path | None,
+         engine: str, deform: str | None, plugins: tuple[Path, ...], workspace_gb: float | None,
+         timing_cache: Path | None, max_batch: int, calib_dir: Path | None, calib_method: str,
+         allow_unsupported: bool, text_mode: str, image_size: int | None, measure_dir: Path | None,
+         banks: tuple[str, ...], opset: int, out_dir: Path | None, verbose: bool) -> None:
+    """Write model.onnx, references.npz and manifest.json to OUT (docs/bundle.md); with --engine, model.engine."""
+    build = _EngineRequest(engine, deform, plugins, workspace_gb, timing_cache, max_batch, calib_dir, calib_method,
+                           allow_unsupported, verbose)
+    if bundle_dir is not None:
+        given = [name for name, value in (("--checkpoint", checkpoint), ("--class-name", class_name),
+                                          ("--out", out_dir), ("--image-size", image_size),
+                                          ("--measure-on", measure_dir)) if value is not None]
+        if given or banks or text_mode != "frozen" or opset != 19:
+            what = ", ".join(given) or "the export options"
+            raise click.UsageError(f"--bundle builds the engine of an existing bundle; {what} belong to a new "
+                                   "export (use --out for that)")
+        if engine == "onnx":
+            raise click.UsageError("--bundle builds a TensorRT engine: give --engine fp32, fp16 or int8")
+        setup_logging(verbose)
+        _engine_for_bundle(bundle_dir, build, refs_dir, None)
+        return
+    missing = [name for name, value in (("--checkpoint", checkpoint), ("--class-name", class_name),
+                                        ("--out", out_dir)) if value is None]
+    if missing:
+        raise click.UsageError(f"missing {', '.join(missing)} (or give --bundle DIR to build an existing bundle's "
+                               "engine)")
+    assert checkpoint is not None and class_name is not None and out_dir is not None
+    export_deform = build.export_flavour()
     if engine != "onnx":
-        raise click.ClickException(
-            f"--engine {engine}: TensorRT engines are built by a later release of fgad-export (they need "
-            "TensorRT on the target machine, for its GPU). Export --engine onnx now; fgad-run runs the ONNX "
-            "bundle with onnxruntime."
-        )
+        build.warn_early()
     setup_logging(verbose)
     import logging
 
@@ -53,13 +107,14 @@ def main(checkpoint: Path, class_name: str, refs_dir: Path | None, engine: str, 
 
     from fgad.export.bundle import list_reference_images, resize_model, sha256_file, write_bundle
     from fgad.export.onnx_export import ExportError
-    from fgad.train.checkpoint import WEIGHTS_FILE, load_checkpoint
+    from fgad.finegrained.checkpoint import load_any_checkpoint
+    from fgad.train.checkpoint import WEIGHTS_FILE
 
     refs = list_reference_images(refs_dir) if refs_dir is not None else None
     measure_on = (list_reference_images(measure_dir, recursive=True, what="images to measure on")
                   if measure_dir is not None else None)
     with torch.no_grad():
-        model, _, meta = load_checkpoint(checkpoint)
+        model, _, meta = load_any_checkpoint(checkpoint, combine=False)  # FiLo++ or FineGrainedAD (by its config)
         if banks:
             model.prompts.add_banks(banks)
         checkpoint_meta = {
@@ -74,8 +129,9 @@ def main(checkpoint: Path, class_name: str, refs_dir: Path | None, engine: str, 
             checkpoint_meta["backbone_fingerprint"] = None  # the resized backbone has its own fingerprint
             click.echo(f"image size {note['trained']} -> {note['exported']}: position grid {note['position_grid']}")
     try:
-        bundle = write_bundle(out_dir, model, model.cfg, class_name, refs, text_mode=text_mode, deform=deform,
-                              checkpoint_meta=checkpoint_meta, opset=opset, approximation_images=measure_on)
+        bundle = write_bundle(out_dir, model, model.cfg, class_name, refs, text_mode=text_mode,
+                              deform=export_deform, checkpoint_meta=checkpoint_meta, opset=opset,
+                              approximation_images=measure_on)
     except (ExportError, FileExistsError) as err:
         raise click.ClickException(str(err)) from err
 
@@ -95,6 +151,158 @@ def main(checkpoint: Path, class_name: str, refs_dir: Path | None, engine: str, 
                f"image score max {approx['max_abs_diff_image_score']:.3g} "
                f"(mean {approx['mean_abs_diff_image_score']:.3g})")
     click.echo(f"bundle: {bundle}")
+    if engine == "onnx":
+        _coverage_note(bundle / manifest["engine"]["file"], build)
+    else:
+        _engine_for_bundle(bundle, build, None, refs, written=True)
+
+
+# ---------------------------------------------------------------------------------- TensorRT engines
+
+
+@dataclass(frozen=True)
+class _EngineRequest:
+    """The engine options of the command line, and what follows from them."""
+
+    engine: str
+    deform: str | None
+    plugins: tuple[Path, ...]
+    workspace_gb: float | None
+    timing_cache: Path | None
+    max_batch: int
+    calib_dir: Path | None
+    calib_method: str
+    allow_unsupported: bool
+    verbose: bool
+
+    def export_flavour(self) -> str:
+        """The flavour of model.onnx: the plugin flavour is made for the engine only (model.onnx keeps DeformConv,
+        which onnxruntime runs: the runtime's fallback)."""
+        from fgad.export.deform_flavours import normalize_deform
+
+        flavour = normalize_deform(self.deform or "decomposed")
+        if flavour == "plugin" and self.engine == "onnx":
+            click.echo("--deform plugin: model.onnx uses ONNX DeformConv (onnxruntime runs it); the plugin nodes are "
+                       "made when the engine is built: fgad-export --bundle OUT --engine fp16 --deform plugin "
+                       "--plugin LIB", err=True)
+        return "onnx" if flavour == "plugin" else flavour
+
+    def warn_early(self) -> None:
+        """Before a long export: say now what will stop the engine build later."""
+        from fgad.export.tensorrt_build import INSTALL_TENSORRT, tensorrt_installed
+
+        if self.deform == "plugin" and not self.plugins:
+            raise click.UsageError("--deform plugin needs --plugin PATH (the library built from cpp_ext)")
+        if not tensorrt_installed():
+            click.echo(f"warning: {INSTALL_TENSORRT}\nThe ONNX bundle will be written; the engine cannot be built "
+                       "on this machine.", err=True)
+
+    def options(self) -> Any:
+        from fgad.export.tensorrt_build import EngineBuildOptions
+
+        return EngineBuildOptions(precision=self.engine, workspace_gb=self.workspace_gb,
+                                  timing_cache=self.timing_cache, plugin_libraries=self.plugins,
+                                  max_batch=self.max_batch, verbose=self.verbose)
+
+    def rebuild_hint(self, bundle: Path) -> str:
+        parts = [f"fgad-export --bundle {bundle} --engine {self.engine}"]
+        if self.deform:
+            parts.append(f"--deform {self.deform}")
+        parts += [f"--plugin {p}" for p in self.plugins] or (["--plugin LIB"] if self.deform == "plugin" else [])
+        return " ".join(parts)
+
+
+def _preprocessed(paths: Sequence[Path], manifest: Any) -> np.ndarray:
+    from fgad.data.io import read_image
+    from fgad.data.transforms import preprocess
+
+    spec = manifest.input
+    return np.stack([preprocess(read_image(p), spec.size, spec.mean, spec.std) for p in paths]).astype(np.float32)
+
+
+def _check_images(bundle: Path, manifest: Any, refs_dir: Path | None,
+                  ref_paths: Sequence[Path] | None) -> tuple[np.ndarray | None, str]:
+    """Images to compare the engine with onnxruntime on: the references (given, or those recorded in
+    references.npz when they still exist here), else None (seeded synthetic inputs)."""
+    if ref_paths:
+        return _preprocessed(ref_paths, manifest), f"{len(ref_paths)} reference images"
+    if refs_dir is not None:
+        from fgad.runtime.sources import expand_image_spec
+
+        paths = expand_image_spec(refs_dir)
+        return _preprocessed(paths, manifest), f"{len(paths)} images of {refs_dir}"
+    if manifest.fewshot.file:
+        with np.load(bundle / manifest.fewshot.file, allow_pickle=False) as data:
+            recorded = [Path(str(p)) for p in data["paths"]] if "paths" in data.files else []
+        if recorded and all(p.is_file() for p in recorded):
+            return _preprocessed(recorded, manifest), f"{len(recorded)} reference images"
+    return None, "synthetic images"
+
+
+def _engine_for_bundle(bundle: Path, build: _EngineRequest, refs_dir: Path | None,
+                       ref_paths: Sequence[Path] | None, written: bool = False) -> None:
+    from fgad.export.engine_bundle import add_engine
+    from fgad.export.tensorrt_build import EngineBuildError, TensorRTUnavailableError
+    from fgad.runtime.manifest import load_manifest
+
+    manifest = load_manifest(bundle)
+    images, what = _check_images(bundle, manifest, refs_dir, ref_paths)
+    calibration = None
+    if build.engine == "int8":
+        if build.calib_dir is not None:
+            from fgad.export.engine_bundle import _import_calibration
+
+            _, read_calibration_images = _import_calibration()
+            spec = manifest.input
+            calibration = read_calibration_images(build.calib_dir, spec.size, spec.mean, spec.std)
+        elif images is not None:
+            calibration = images
+        else:
+            raise click.ClickException("--engine int8 needs calibration images of normal parts: --calib-dir DIR "
+                                       "(or --refs DIR)")
+    try:
+        result = add_engine(bundle, build.options(), deform=build.deform, check_images=images,
+                            calibration=calibration, calibration_method=build.calib_method,
+                            coverage="warn" if build.allow_unsupported else "fail")
+    except TensorRTUnavailableError as err:
+        raise click.ClickException(
+            f"{err}\nThe ONNX bundle {bundle} {'was still written and ' if written else ''}is complete (fgad-run "
+            f"runs it with onnxruntime); build its engine on the machine that will run it: "
+            f"{build.rebuild_hint(bundle)}") from err
+    except EngineBuildError as err:
+        raise click.ClickException(f"{err}\nThe ONNX bundle {bundle} is unchanged.") from err
+    info, parity = result.info, result.parity
+    click.echo(f"engine: {bundle / info.path.name} ({info.precision}, TensorRT {info.tensorrt_version}, sm "
+               f"{info.compute_capability}, {info.layers} layers, {info.engine_bytes / 1e6:.1f} MB, batch "
+               f"{info.min_batch}..{info.max_batch}, built in {info.build_seconds:.0f} s)")
+    click.echo(f"parity TensorRT {info.precision} vs onnxruntime on {what}:")
+    for key, value in parity.items():
+        if key.startswith("max_abs_diff_"):
+            name = key[len("max_abs_diff_"):]
+            click.echo(f"  {name}: max |diff| {value:.3g} (tolerance {_tolerance(name, parity['tolerances']):.3g})")
+        elif key.startswith("agreement_"):
+            click.echo(f"  {key[len('agreement_'):]}: {value:.1%} agree")
+
+
+def _tolerance(name: str, tolerances: dict[str, float]) -> float:
+    if name in tolerances:
+        return tolerances[name]
+    return tolerances.get("tokens" if name.startswith("tokens_") else "default", tolerances.get("default", 0.0))
+
+
+def _coverage_note(onnx_path: Path, build: _EngineRequest) -> None:
+    """One line on whether TensorRT will take the exported graph (the bundle is useful either way)."""
+    from fgad.export.op_coverage import check_tensorrt_coverage
+
+    try:
+        report = check_tensorrt_coverage(onnx_path, plugins=())
+    except (ImportError, OSError, ValueError) as err:
+        click.echo(f"TensorRT coverage not checked: {err}", err=True)
+        return
+    lines = report.summary(limit=5).splitlines()
+    click.echo(lines[0])
+    for line in lines[1:]:
+        click.echo(line)
 
 
 if __name__ == "__main__":

@@ -23,17 +23,18 @@ import torch
 
 from fgad import __version__
 from fgad.config import ModelConfig, replace
+from fgad.export.deform_flavours import normalize_deform
 from fgad.export.frozen_text import TEXT_MODES, FrozenText, freeze_text, freeze_text_bank
 from fgad.export.onnx_export import (
     DEFAULT_OPSET,
-    DEFORM_FLAVOURS,
     ExportError,
     check_against_torch,
     export_onnx,
     onnx_output_shapes,
     run_onnx,
 )
-from fgad.export.wrapper import INPUT_NAME, FiloExportModule
+from fgad.export.wrapper import INPUT_NAME, PRIOR_OUTPUTS, FiloExportModule, check_graph_box_prior
+from fgad.models.boxprior import build_box_prior
 from fgad.models.filo import FiLoPlusPlus
 from fgad.runtime.manifest import file_sha256 as sha256_file
 from fgad.utils.atomic import atomic_path, atomic_write_json
@@ -120,6 +121,9 @@ def resize_model(
     cfg = model.cfg
     if image_size == cfg.backbone.image_size:
         return model, {}
+    if getattr(cfg, "method", "filo") == "finegrained":
+        raise ValueError("--image-size: a FineGrainedAD bundle is exported at the size it was trained at "
+                         f"({cfg.backbone.image_size}); leave --image-size out")
     new_cfg = replace(cfg, backbone=replace(cfg.backbone, image_size=image_size))  # validates the size
     random_init = pretrained is None or pretrained.lower() in RANDOM_INIT
     new_model = build_model(new_cfg, pretrained="none" if random_init else pretrained).eval()
@@ -168,6 +172,7 @@ def frozen_text_error(
     ref_images: torch.Tensor | None = None,
     text_mode: str = "frozen",
     batch_size: int = 4,
+    box_prior: str = "none",
 ) -> dict[str, Any]:
     """How far the bundle's frozen text moves the results from the exact per-image model.
 
@@ -180,16 +185,17 @@ def frozen_text_error(
     """
     if text is None:
         freeze = freeze_text if text_mode == "frozen" else freeze_text_bank
-        text = freeze(model, class_name, ref_images)
+        text = freeze(model, class_name, ref_images, per_position=box_prior != "none")
     was_training = model.training
     model.eval()
-    module = FiloExportModule(model, text).eval()
+    module = FiloExportModule(model, text, box_prior=box_prior).eval()
+    prior = build_box_prior(box_prior, model=model) if box_prior != "none" else None
     diffs: dict[str, list[torch.Tensor]] = {"anomaly_map": [], "image_score": [], "global_prob": []}
     agree: list[torch.Tensor] = []
     try:
         for start in range(0, images.shape[0], batch_size):
             batch = images[start : start + batch_size]
-            exact = model(batch, class_name, use_memory=False)
+            exact = model(batch, class_name, use_memory=False, box_prior=prior)
             vl, prob, best, *_ = module(batch)
             amap, score = _runtime_finish(model, vl, prob)
             diffs["anomaly_map"].append((amap - exact.anomaly_map).abs().flatten(1))
@@ -206,6 +212,7 @@ def frozen_text_error(
     out["best_description_agreement"] = float(torch.cat(agree).mean())
     out["images"] = int(images.shape[0])
     out["exact"] = "FiLoPlusPlus.forward, per-image conditioning and filtering, zero-shot"
+    out["box_prior"] = box_prior
     return out
 
 
@@ -223,12 +230,16 @@ def _references_npz(path: Path, tokens: dict[int, np.ndarray], paths: Sequence[P
         np.savez(fh, **arrays)
 
 
-def _check_shapes(shapes: dict[str, list[int | None]], cfg: ModelConfig) -> dict[str, list[int | None]]:
+def _check_shapes(
+    shapes: dict[str, list[int | None]], cfg: ModelConfig, box_prior: str = "none"
+) -> dict[str, list[int | None]]:
     bb = cfg.backbone
     s, n, d = bb.image_size, bb.num_patches, bb.width
     expected: dict[str, list[int | None]] = {"vl_map": [None, s, s], "global_prob": [None], "best_description": [None]}
     for layer in cfg.fewshot.memory_layers:
         expected[f"tokens_{layer}"] = [None, n, d]
+    if box_prior != "none":  # PRIOR_OUTPUTS of the wrapper
+        expected.update({"position": [None], "region_weight": [None, s, s]})
     if list(shapes) != list(expected):
         raise ExportError(f"the graph's outputs are {list(shapes)}, expected {list(expected)}")
     for name, want in expected.items():
@@ -237,6 +248,16 @@ def _check_shapes(shapes: dict[str, list[int | None]], cfg: ModelConfig) -> dict
         if not static_ok:
             raise ExportError(f"output {name} has shape {got}, expected {want}")
     return {name: [None, *shapes[name][1:]] for name in expected}
+
+
+def _box_prior_entry(cfg: ModelConfig, prior: str) -> dict[str, Any]:
+    """The manifest's ``box_prior``: which prior the graph holds and the outputs the runtime reads."""
+    if prior == "none":
+        return {"name": "none", "in_graph": False, "outputs": []}
+    from fgad.config import to_dict
+
+    return {"name": prior, "in_graph": True, "outputs": list(PRIOR_OUTPUTS), "suppression": cfg.post.suppression,
+            "params": to_dict(cfg.post.objectness)}
 
 
 def _prepare_target(out: Path) -> None:
@@ -280,6 +301,7 @@ def write_bundle(
     tolerances: dict[str, float] | None = None,
     external_data: bool | None = None,
     approximation_images: Sequence[str | os.PathLike[str]] | None = None,
+    box_prior: str | None = None,
 ) -> Path:
     """Export ``model`` for ``class_name`` into the bundle folder ``out_dir`` and return it.
 
@@ -293,12 +315,25 @@ def write_bundle(
     ``external_data``: see :func:`~fgad.export.onnx_export.export_onnx` (``None``: only above 2 GB;
     the weights file is then listed in ``engine.external_data`` and ``sha256``). Raises
     :class:`~fgad.export.onnx_export.ExportParityError` (nothing written) when onnxruntime and
-    PyTorch disagree beyond ``tolerances``.
+    PyTorch disagree beyond ``tolerances``. ``box_prior`` (default ``post.box_prior`` of the config):
+    ``none``, or ``objectness`` computed inside the graph; ``grounding-dino`` is refused (PyTorch path only).
     """
+    if getattr(model_cfg, "method", "filo") == "finegrained":  # FineGrainedAD: its own graph, same bundle format
+        from fgad.finegrained.export import write_fgad_bundle
+
+        return write_fgad_bundle(out_dir, model, model_cfg, class_name, refs, text_mode=text_mode,  # type: ignore[arg-type]
+                                 deform=deform, checkpoint_meta=checkpoint_meta, opset=opset, thresholds=thresholds,
+                                 tolerances=tolerances, external_data=external_data,
+                                 approximation_images=approximation_images)
     if text_mode not in TEXT_MODES:
         raise ValueError(f"text_mode={text_mode!r}: use one of {TEXT_MODES}")
-    if deform not in DEFORM_FLAVOURS:
-        raise ValueError(f"deform={deform!r}: use one of {DEFORM_FLAVOURS}")
+    deform = normalize_deform(deform)
+    if deform == "plugin":
+        raise ValueError(
+            "deform='plugin': the bundle's model.onnx must run in onnxruntime (the runtime's fallback), so it is "
+            "exported with deform='onnx' (DeformConv) and the plugin nodes are made when the TensorRT engine is "
+            "built (fgad.export.engine_bundle.add_engine(..., deform='plugin'); fgad-export --deform plugin does both)"
+        )
     if model_cfg != model.cfg:
         raise ValueError("model_cfg differs from the model's own config; pass model.cfg (or rebuild the model)")
     out = Path(out_dir)
@@ -311,9 +346,11 @@ def write_bundle(
     check_images = ref_images if ref_images is not None else _synthetic_images(cfg)
     device = next(model.parameters()).device
 
+    prior = cfg.post.box_prior if box_prior is None else box_prior
+    check_graph_box_prior(prior)
     freeze = freeze_text if text_mode == "frozen" else freeze_text_bank
-    text = freeze(model, class_name, ref_images)
-    module = FiloExportModule(model, text).eval()
+    text = freeze(model, class_name, ref_images, per_position=prior != "none")
+    module = FiloExportModule(model, text, box_prior=prior).eval()
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.{uuid.uuid4().hex}.tmp"
@@ -321,7 +358,7 @@ def write_bundle(
     try:
         onnx_path = export_onnx(module, check_images[:2].to(device), tmp / MODEL_FILE, opset=opset, deform=deform,
                                 external_data=external_data)
-        shapes = _check_shapes(onnx_output_shapes(onnx_path), cfg)
+        shapes = _check_shapes(onnx_output_shapes(onnx_path), cfg, prior)
         parity = check_against_torch(module, onnx_path, check_images.to(device), tolerances)
         parity["inputs"] = "reference images" if ref_images is not None else f"{len(check_images)} synthetic images"
         log.info("parity: %s", {k: v for k, v in parity.items() if k.startswith(("max_", "best_"))})
@@ -338,7 +375,7 @@ def write_bundle(
             measured = f"{len(measure_on)} given images"
         else:
             measure_on, measured = check_images, parity["inputs"]
-        approximation = frozen_text_error(model, class_name, measure_on.to(device), text=text)
+        approximation = frozen_text_error(model, class_name, measure_on.to(device), text=text, box_prior=prior)
         approximation["inputs"] = measured
         log.info("frozen text vs exact model: %s", approximation)
 
@@ -376,6 +413,7 @@ def write_bundle(
             "fewshot": fewshot,
             "post": {"sigma": cfg.post.sigma, "truncate": cfg.post.truncate},
             "text": {**text.summary(), "approximation": approximation},
+            "box_prior": _box_prior_entry(cfg, prior),
             "deform": deform,
             "model": {
                 "config": cfg.name,

@@ -1,15 +1,22 @@
 """ONNX export of :class:`~fgad.export.wrapper.FiloExportModule`, then ``onnx.checker``, then an
 onnxruntime comparison against PyTorch (the timm ``utils/onnx.py`` sequence, every time).
 
-Two flavours of the MDCI deformable convolutions (ARCHITECTURE decision 2):
+Three flavours of the MDCI deformable convolutions (ARCHITECTURE decision 2,
+:mod:`fgad.export.deform_flavours`):
 
 * ``decomposed``: exported under :func:`fgad.models.deform.exportable`, so the op's pure-PyTorch
   body traces to ``GridSample`` + ``MatMul`` (opset >= 16; every backend runs it);
-* ``onnx``: the exporter sees the project's ``fgad::deform_conv2d`` custom op and
-  :func:`deform_conv2d_to_onnx` translates it to the standard ``DeformConv`` (opset 19). The
+* ``onnx`` (CLI name ``native``): the exporter sees the project's ``fgad::deform_conv2d`` custom op
+  and :func:`deform_conv2d_to_onnx` translates it to the standard ``DeformConv`` (opset 19). The
   layouts are the same (torchvision = ONNX: ``(dy, dx)`` pairs per tap, one mask value per tap),
   so the translation only maps arguments to attributes. onnxruntime 1.31 runs ``DeformConv`` on
-  CPU (checked by the tests against the decomposed graph and PyTorch).
+  CPU (checked by the tests against the decomposed graph and PyTorch); TensorRT >= 10.1 parses it;
+* ``plugin``: :func:`deform_conv2d_to_plugin` translates the custom op to the node of our TensorRT
+  plugin (``fgad::FgadDeformConv2d``, the ``cpp_ext`` contract: DeformConv's inputs, all five present).
+  onnxruntime cannot run that node, so :func:`run_onnx` / :func:`check_against_torch` run a copy in
+  which the plugin nodes are swapped back to ``DeformConv`` with the same inputs and attributes
+  (:func:`fgad.export.deform_flavours.ort_runnable`). That proves the node wiring (argument order,
+  attributes, the filled-in zero bias and ones mask); the plugin's arithmetic is tested in ``cpp_ext``.
 
 The graph is written atomically: into a temporary folder next to the target, checked, then
 renamed into place (an external-data file, needed above protobuf's 2 GB, moves first).
@@ -30,6 +37,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from fgad.export.deform_flavours import (
+    DEFORM_FLAVOURS,
+    PLUGIN_DOMAIN,
+    PLUGIN_NAMESPACE,
+    PLUGIN_OP,
+    PLUGIN_VERSION,
+    normalize_deform,
+    ort_runnable,
+    register_plugin_schema,
+)
 from fgad.models.deform import ModulatedDeformConv2d, exportable
 from fgad.models.filo import FiLoPlusPlus
 
@@ -41,6 +58,7 @@ __all__ = [
     "ExportParityError",
     "check_against_torch",
     "deform_conv2d_to_onnx",
+    "deform_conv2d_to_plugin",
     "export_onnx",
     "onnx_output_shapes",
 ]
@@ -48,7 +66,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 19
-DEFORM_FLAVOURS = ("decomposed", "onnx")
 INPUT_NAME = "image"
 
 #: Largest accepted |onnxruntime - PyTorch| per output (fp32 on CPU). Measured differences on the
@@ -114,8 +131,63 @@ def deform_conv2d_to_onnx(
     return op.DeformConv(x, weight, offset, bias, mask, **attrs)
 
 
-def _translation_table() -> dict[Any, Any]:
-    return {torch.ops.fgad.deform_conv2d.default: deform_conv2d_to_onnx}
+def deform_conv2d_to_plugin(
+    x,  # noqa: ANN001 - onnxscript values
+    offset,  # noqa: ANN001
+    weight,  # noqa: ANN001
+    bias=None,  # noqa: ANN001
+    mask=None,  # noqa: ANN001
+    stride: Sequence[int] = (1, 1),
+    padding: Sequence[int] = (0, 0),
+    dilation: Sequence[int] = (1, 1),
+    groups: int = 1,
+    offset_groups: int = 1,
+):  # noqa: ANN201
+    """``fgad::deform_conv2d`` -> the TensorRT plugin node ``fgad::FgadDeformConv2d``.
+
+    Same inputs and attributes as :func:`deform_conv2d_to_onnx`, plus ``plugin_namespace`` /
+    ``plugin_version``; all five inputs are present (the plugin contract): a constant zero bias of
+    ``[C_out]`` and a mask of ones shaped from ``offset`` at run time (the batch stays dynamic) where
+    the layer has none. ``kernel_shape`` is required, so ``weight`` must have a static shape.
+    """
+    from onnxscript import ir, values
+    from onnxscript import opset19 as op
+
+    register_plugin_schema()
+    shape = getattr(weight, "shape", None)
+    dims = [d if isinstance(d, int) else None for d in shape] if shape is not None else []
+    if len(dims) != 4 or any(d is None for d in dims):
+        raise ExportError(f"the plugin flavour needs a static 4-D deformable-conv weight, got shape {shape}")
+    c_out, _, kh, kw = (int(d) for d in dims)  # type: ignore[arg-type]
+    np_dtype = np.float16 if getattr(weight, "dtype", None) == ir.DataType.FLOAT16 else np.float32
+    if bias is None:
+        bias = op.Constant(value=ir.tensor(np.zeros(c_out, dtype=np_dtype)))
+    if mask is None:
+        taps = op.Constant(value=ir.tensor(np.array([int(offset_groups) * kh * kw], dtype=np.int64)))
+        mask_shape = op.Concat(op.Shape(offset, start=0, end=1), taps, op.Shape(offset, start=2), axis=0)
+        mask = op.ConstantOfShape(mask_shape, value=ir.tensor(np.ones(1, dtype=np_dtype)))
+    plugin = values.Opset(PLUGIN_DOMAIN, 1)
+    return getattr(plugin, PLUGIN_OP)(
+        x, weight, offset, bias, mask,
+        strides=[int(v) for v in stride],
+        pads=[int(padding[0]), int(padding[1]), int(padding[0]), int(padding[1])],
+        dilations=[int(v) for v in dilation],
+        group=int(groups),
+        offset_group=int(offset_groups),
+        kernel_shape=[kh, kw],
+        plugin_namespace=PLUGIN_NAMESPACE,
+        plugin_version=PLUGIN_VERSION,
+    )
+
+
+def _translation_table(deform: str) -> dict[Any, Any] | None:
+    """The custom translation of ``fgad::deform_conv2d`` for ``deform`` (None: the op body is traced)."""
+    if deform == "onnx":
+        return {torch.ops.fgad.deform_conv2d.default: deform_conv2d_to_onnx}
+    if deform == "plugin":
+        register_plugin_schema()
+        return {torch.ops.fgad.deform_conv2d.default: deform_conv2d_to_plugin}
+    return None
 
 
 # ---------------------------------------------------------------------------------- graph fixes
@@ -195,7 +267,7 @@ def _dynamo_export(
             input_names=[INPUT_NAME],
             output_names=names,
             dynamic_shapes=dynamic_shapes,
-            custom_translation_table=_translation_table() if deform == "onnx" else None,
+            custom_translation_table=_translation_table(deform),
             optimize=True,
             verbose=False,
         )
@@ -230,8 +302,12 @@ def _check_graph(path: Path, opset: int, deform: str, has_deform: bool) -> None:
     ops = {node.op_type for node in model.graph.node}
     if deform == "onnx" and has_deform and "DeformConv" not in ops:
         raise ExportError("deform='onnx' but the graph has no DeformConv node")
-    if deform == "decomposed" and "DeformConv" in ops:
-        raise ExportError("deform='decomposed' but the graph has a DeformConv node")
+    if deform == "plugin" and has_deform and PLUGIN_OP not in ops:
+        raise ExportError(f"deform='plugin' but the graph has no {PLUGIN_DOMAIN}::{PLUGIN_OP} node")
+    if deform != "onnx" and "DeformConv" in ops:
+        raise ExportError(f"deform={deform!r} but the graph has a DeformConv node")
+    if deform != "plugin" and PLUGIN_OP in ops:
+        raise ExportError(f"deform={deform!r} but the graph has a {PLUGIN_OP} node")
     if INPUT_NAME not in [i.name for i in model.graph.input]:
         raise ExportError(f"the graph's input is not named {INPUT_NAME!r}")
 
@@ -254,10 +330,9 @@ def export_onnx(
     next to the graph; ``None`` does so only above protobuf's 2 GB limit (FiLo++ at ViT-L/518 is
     over it).
     """
-    if deform not in DEFORM_FLAVOURS:
-        raise ValueError(f"deform={deform!r}: use one of {DEFORM_FLAVOURS}")
-    if deform == "onnx" and opset < 19:
-        raise ValueError(f"ONNX DeformConv needs opset >= 19, got opset={opset}")
+    deform = normalize_deform(deform)
+    if deform in ("onnx", "plugin") and opset < 19:  # the plugin flavour is checked as its DeformConv twin
+        raise ValueError(f"deform={deform!r}: ONNX DeformConv needs opset >= 19, got opset={opset}")
     if deform == "decomposed" and opset < 16:
         raise ValueError(f"GridSample needs opset >= 16, got opset={opset}")
     target = Path(path)
@@ -277,10 +352,10 @@ def export_onnx(
             _postprocess(program.model)
             program.save(str(tmp_path), external_data=external_data)
         except Exception as err:  # the exporter raises many types; report the reason, then decide
-            if deform == "onnx":
+            if deform != "decomposed":
                 raise ExportError(
-                    f"dynamo export with DeformConv failed ({type(err).__name__}: {err}); the TorchScript "
-                    "exporter has no DeformConv translation, use deform='decomposed'"
+                    f"dynamo export with deform={deform!r} failed ({type(err).__name__}: {err}); the TorchScript "
+                    "exporter has no translation of the deformable-conv op, use deform='decomposed'"
                 ) from err
             log.warning("dynamo ONNX export failed (%s: %s); falling back to the TorchScript exporter",
                         type(err).__name__, str(err).splitlines()[0] if str(err) else "")
@@ -320,15 +395,20 @@ def onnx_output_shapes(path: str | os.PathLike[str]) -> dict[str, list[int | Non
 
 
 def _ort_session(onnx_path: str | os.PathLike[str]):  # noqa: ANN202 - onnxruntime type
+    """A CPU session on the graph; plugin nodes are swapped back to ``DeformConv`` first (module docstring)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    with ort_runnable(onnx_path) as source:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def run_onnx(onnx_path: str | os.PathLike[str], images: np.ndarray, batch_size: int = 4) -> dict[str, np.ndarray]:
-    """All outputs of the graph for ``images`` [k, 3, s, s] (run in batches), by output name."""
+    """All outputs of the graph for ``images`` [k, 3, s, s] (run in batches), by output name.
+
+    A plugin-flavour graph runs as its ``DeformConv`` twin (same inputs and attributes).
+    """
     session = _ort_session(onnx_path)
     names = [o.name for o in session.get_outputs()]
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}

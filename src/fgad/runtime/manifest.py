@@ -35,11 +35,14 @@ import numpy as np
 
 __all__ = [
     "SUPPORTED_FORMAT_VERSIONS",
+    "BOX_PRIOR_OUTPUTS",
+    "BoxPriorSpec",
     "BundleError",
     "EngineSpec",
     "FewshotSpec",
     "InputSpec",
     "Manifest",
+    "PluginSpec",
     "PostSpec",
     "TextSpec",
     "ThresholdSpec",
@@ -50,6 +53,7 @@ __all__ = [
     "load_manifest",
     "npz_array_shapes",
     "reference_keys",
+    "resolve_engine",
 ]
 
 logger = logging.getLogger(__name__)
@@ -58,6 +62,10 @@ logger = logging.getLogger(__name__)
 SUPPORTED_FORMAT_VERSIONS: tuple[int, ...] = (1,)
 MANIFEST_NAME = "manifest.json"
 REQUIRED_OUTPUTS: tuple[str, ...] = ("vl_map", "global_prob", "best_description")
+#: Outputs of a graph with a box prior inside: the chosen position cell and the few-shot map's weight.
+BOX_PRIOR_OUTPUTS: tuple[str, ...] = ("position", "region_weight")
+#: Box priors a bundle's graph can hold (fgad.export.wrapper.GRAPH_BOX_PRIORS).
+GRAPH_BOX_PRIORS: tuple[str, ...] = ("none", "objectness")
 _REEXPORT = "re-export the bundle with fgad-export"
 
 Shape = tuple[int | None, ...]
@@ -82,6 +90,15 @@ class EngineSpec:
     precision: str = "fp32"  # fp32 | fp16 | int8 (informational for the runtime)
     tensorrt_version: str | None = None  # TensorRT version that built the engine ("10.3.0"); engines only
     compute_capability: str | None = None  # GPU compute capability the engine was built for ("8.7"); engines only
+    deform: str | None = None  # deformable-conv flavour the engine was built from (decomposed | onnx | plugin)
+    plugins: tuple[PluginSpec, ...] = ()  # TensorRT plugin libraries to load before deserializing; engines only
+    fallback: EngineSpec | None = None  # what to run where this engine cannot run (the ONNX graph it was built from)
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    file: str  # plugin library, relative to the bundle folder (listed in ``sha256`` too)
+    ops: tuple[str, ...] = ()  # "<domain>::<op>" nodes it implements, e.g. "fgad::FgadDeformConv2d"
 
 
 @dataclass(frozen=True)
@@ -106,6 +123,12 @@ class FewshotSpec:
 class PostSpec:
     sigma: float  # Gaussian smoothing sigma, pixels at input size
     truncate: float  # kernel radius int(truncate * sigma + 0.5)
+    # map fusion and score (fgad.runtime.fusion); the defaults are FiLo++'s
+    fusion: str = "mean"  # "mean": (vl_map + few) / 2; "harmonic": 1 / (1/vl_map + 1/few) (FineGrainedAD)
+    score: str = "mean"  # "mean": (global_prob + max map) / 2; "harmonic": global_prob (+) max Up(few) (FineGrainedAD)
+    fewshot_scale: float = 1.0  # few-shot map = scale * mean over layers of the min distance (FineGrainedAD: 0.5)
+    map_size: int | None = None  # side of vl_map, where the maps are fused (None: input.size)
+    output_size: int | None = None  # side of the final map (None: map_size)
 
 
 @dataclass(frozen=True)
@@ -125,6 +148,13 @@ class ThresholdSpec:
 
 
 @dataclass(frozen=True)
+class BoxPriorSpec:
+    name: str = "none"  # "none" or a prior computed inside the graph ("objectness")
+    outputs: tuple[str, ...] = ()  # extra graph outputs the runtime reads (BOX_PRIOR_OUTPUTS for a prior)
+    suppression: float | None = None  # lambda outside the box (informational: region_weight already holds it)
+
+
+@dataclass(frozen=True)
 class Manifest:
     format_version: int
     engine: EngineSpec
@@ -136,6 +166,7 @@ class Manifest:
     fewshot: FewshotSpec = field(default_factory=FewshotSpec)
     text: TextSpec = field(default_factory=TextSpec)
     thresholds: ThresholdSpec = field(default_factory=ThresholdSpec)
+    box_prior: BoxPriorSpec = field(default_factory=BoxPriorSpec)
     class_name: str = ""
     fgad_version: str | None = None
     created: str | None = None
@@ -143,6 +174,16 @@ class Manifest:
     model: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # the parsed JSON as read
+
+    @property
+    def map_size(self) -> int:
+        """Side of the graph's ``vl_map`` (``post.map_size``, default ``input.size``)."""
+        return self.post.map_size or self.input.size
+
+    @property
+    def output_size(self) -> int:
+        """Side of the final anomaly map (``post.output_size``, default the map size)."""
+        return self.post.output_size or self.map_size
 
     @property
     def num_patches(self) -> int:
@@ -266,6 +307,45 @@ def _parse_compute_capability(value: Any) -> str | None:
     return f"{int(match.group(1))}.{int(minor)}"
 
 
+def _parse_plugins(eng: _Fields) -> tuple[PluginSpec, ...]:
+    raw = eng.raw("plugins", None) or []
+    if not isinstance(raw, list | tuple):
+        raise eng.fail("plugins", f"must be a list of {{\"file\": ..., \"ops\": [...]}} objects, got {raw!r}")
+    plugins = []
+    for index, item in enumerate(raw):
+        entry = _Fields(item, f"{eng.name('plugins')}[{index}]", eng.where)
+        ops = entry.raw("ops", []) or []
+        if not isinstance(ops, list | tuple) or not all(isinstance(o, str) for o in ops):
+            raise entry.fail("ops", f"must be a list of op names, got {ops!r}")
+        plugins.append(PluginSpec(file=entry.str_("file"), ops=tuple(ops)))
+    return tuple(plugins)
+
+
+def _parse_engine(eng: _Fields, nested: bool = False) -> EngineSpec:
+    """The ``engine`` object; its ``fallback`` (one level deep) is parsed the same way."""
+    try:
+        cc = _parse_compute_capability(eng.raw("compute_capability", None))
+    except ValueError:
+        raise eng.fail("compute_capability", "must look like \"8.7\" or [8, 7]") from None
+    tv = eng.raw("tensorrt_version", None)
+    fallback = None
+    if eng.raw("fallback", None) is not None:
+        if nested:
+            raise eng.fail("fallback", "cannot have a fallback of its own")
+        fallback = _parse_engine(eng.obj("fallback"), nested=True)
+    return EngineSpec(
+        kind=eng.str_("kind"),
+        file=eng.str_("file"),
+        opset=eng.int_("opset", None),
+        precision=eng.str_("precision", "fp32") or "fp32",
+        tensorrt_version=None if tv is None else str(tv),
+        compute_capability=cc,
+        deform=eng.str_("deform", None),
+        plugins=_parse_plugins(eng),
+        fallback=fallback,
+    )
+
+
 def _parse(data: Mapping[str, Any], where: str) -> Manifest:
     top = _Fields(data, "", where)
     version = top.raw("format_version")
@@ -277,20 +357,7 @@ def _parse(data: Mapping[str, Any], where: str) -> Manifest:
             "format_version",
         )
 
-    eng = top.obj("engine")
-    try:
-        cc = _parse_compute_capability(eng.raw("compute_capability", None))
-    except ValueError:
-        raise eng.fail("compute_capability", "must look like \"8.7\" or [8, 7]") from None
-    tv = eng.raw("tensorrt_version", None)
-    engine = EngineSpec(
-        kind=eng.str_("kind"),
-        file=eng.str_("file"),
-        opset=eng.int_("opset", None),
-        precision=eng.str_("precision", "fp32") or "fp32",
-        tensorrt_version=None if tv is None else str(tv),
-        compute_capability=cc,
-    )
+    engine = _parse_engine(top.obj("engine"))
 
     inp = top.obj("input")
     input_spec = InputSpec(
@@ -331,7 +398,18 @@ def _parse(data: Mapping[str, Any], where: str) -> Manifest:
     )
 
     post = top.obj("post")
-    post_spec = PostSpec(sigma=post.float_("sigma", positive=True), truncate=post.float_("truncate", positive=True))
+    post_spec = PostSpec(
+        sigma=post.float_("sigma", positive=True),
+        truncate=post.float_("truncate", positive=True),
+        fusion=post.str_("fusion", "mean"),
+        score=post.str_("score", "mean"),
+        fewshot_scale=post.float_("fewshot_scale", 1.0, positive=True),
+        map_size=post.int_("map_size", None, minimum=1),
+        output_size=post.int_("output_size", None, minimum=1),
+    )
+    for key, value in (("fusion", post_spec.fusion), ("score", post_spec.score)):
+        if value not in ("mean", "harmonic"):
+            raise post.fail(key, f"is {value!r}, but this runtime implements 'mean' and 'harmonic'")
 
     txt = top.obj("text", required=False)
     desc = txt.raw("descriptions", [])
@@ -348,6 +426,13 @@ def _parse(data: Mapping[str, Any], where: str) -> Manifest:
 
     thr = top.obj("thresholds", required=False)
     thresholds = ThresholdSpec(image=thr.float_("image", None), rule=thr.str_("rule", None))
+
+    bp = top.obj("box_prior", required=False)
+    bp_outputs = bp.raw("outputs", [])
+    if not isinstance(bp_outputs, list | tuple) or not all(isinstance(v, str) for v in bp_outputs):
+        raise bp.fail("outputs", f"must be a list of output names, got {bp_outputs!r}")
+    box_prior = BoxPriorSpec(name=bp.str_("name", "none") or "none", outputs=tuple(bp_outputs),
+                             suppression=bp.float_("suppression", None))
 
     sha = top.raw("sha256")
     sha_fields = _Fields(sha, "sha256", where)
@@ -370,6 +455,7 @@ def _parse(data: Mapping[str, Any], where: str) -> Manifest:
         fewshot=fewshot,
         text=text,
         thresholds=thresholds,
+        box_prior=box_prior,
         class_name=top.str_("class_name", "") or "",
         fgad_version=top.str_("fgad_version", None),
         created=top.str_("created", None),
@@ -424,6 +510,9 @@ def _bundle_file(root: Path, name: str, field_name: str) -> Path:
 def _check_files(manifest: Manifest, root: Path, verify_hashes: bool) -> None:
     where = root / MANIFEST_NAME
     needed = [("engine.file", manifest.engine.file)]
+    if manifest.engine.fallback is not None:
+        needed.append(("engine.fallback.file", manifest.engine.fallback.file))
+    needed += [(f"engine.plugins[{i}].file", p.file) for i, p in enumerate(manifest.engine.plugins)]
     if manifest.fewshot.file:
         needed.append(("fewshot.file", manifest.fewshot.file))
     for field_name, name in needed:
@@ -581,12 +670,64 @@ def _check_tensorrt(engine: EngineSpec, where: Path) -> None:
         )
 
 
+#: --backend names -> the engine kind they run (aliases as in fgad.runtime.backends)
+_BACKEND_KINDS = {"onnxruntime": "onnx", "ort": "onnx", "onnx": "onnx", "tensorrt": "tensorrt", "trt": "tensorrt"}
+
+
+def _resolve(manifest: Manifest, root: Path, backend: str, quiet: bool) -> tuple[EngineSpec, bool]:
+    """(engine to run, whether its TensorRT checks already passed); see :func:`resolve_engine`."""
+    engine, fallback = manifest.engine, manifest.engine.fallback
+    if fallback is None:
+        return engine, False
+    where = root / MANIFEST_NAME
+    if backend != "auto":
+        kind = _BACKEND_KINDS.get(backend)
+        if kind is not None and kind != engine.kind and kind == fallback.kind:
+            if not quiet:
+                logger.info("--backend %s: running %s (engine.fallback) instead of %s", backend, fallback.file,
+                            engine.file)
+            return fallback, False
+        return engine, False
+    from fgad.runtime.backends import select_backend
+
+    try:
+        select_backend(engine.kind, "auto", where=str(where))
+        if engine.kind == "tensorrt":
+            if importlib.util.find_spec("cuda") is None:
+                raise BundleError("the TensorRT backend needs cuda-python (pip install cuda-python)", "engine.kind")
+            _check_tensorrt(engine, where)
+    except BundleError as err:
+        if not quiet:
+            expected = err.field == "engine.kind"  # the package is simply not installed here
+            (logger.info if expected else logger.warning)(
+                "%s cannot run here (%s); running %s (engine.fallback, %s) instead", engine.file,
+                str(err).split(": ", 1)[-1], fallback.file, fallback.kind)
+        return fallback, False
+    return engine, True
+
+
+def resolve_engine(
+    manifest: Manifest, bundle_dir: str | os.PathLike[str], backend: str = "auto", *, quiet: bool = False
+) -> EngineSpec:
+    """The engine this runtime will run: ``manifest.engine``, or its ``fallback`` where the engine cannot run.
+
+    A bundle with a TensorRT engine keeps the ONNX graph it was built from as ``engine.fallback``. With
+    ``backend="auto"`` the engine is preferred; when it cannot run here (TensorRT or cuda-python not installed,
+    another TensorRT major version, another GPU) the fallback is used, with a log line saying why (unless
+    ``quiet``). A ``backend`` that runs only the fallback's kind (``onnxruntime`` for a TensorRT bundle) picks
+    the fallback; ``backend="tensorrt"`` insists on the engine, so its errors are raised by
+    :func:`check_manifest`. Without a fallback this is always ``manifest.engine``.
+    """
+    return _resolve(manifest, Path(bundle_dir), backend, quiet)[0]
+
+
 def _check_engine(manifest: Manifest, root: Path, backend: str) -> None:
     from fgad.runtime.backends import select_backend
 
-    select_backend(manifest.engine.kind, backend, where=str(root / MANIFEST_NAME))
-    if manifest.engine.kind == "tensorrt":
-        _check_tensorrt(manifest.engine, root / MANIFEST_NAME)
+    engine, checked = _resolve(manifest, root, backend, quiet=False)
+    select_backend(engine.kind, backend, where=str(root / MANIFEST_NAME))
+    if engine.kind == "tensorrt" and not checked:
+        _check_tensorrt(engine, root / MANIFEST_NAME)
 
 
 # --------------------------------------------------------------------------- shapes
@@ -603,7 +744,7 @@ def _check_outputs(manifest: Manifest, where: Path) -> None:
             f"{where}: field 'grid' is {manifest.grid}, larger than input.size {s}; {_REEXPORT}", "grid"
         )
     expected: dict[str, tuple[int, tuple[int | None, ...]]] = {
-        "vl_map": (3, (None, s, s)),
+        "vl_map": (3, (None, manifest.map_size, manifest.map_size)),
         "global_prob": (1, (None,)),
         "best_description": (1, (None,)),
     }
@@ -678,6 +819,41 @@ def _check_references(manifest: Manifest, root: Path) -> None:
             )
 
 
+def _check_box_prior(manifest: Manifest, where: Path) -> None:
+    """A prior the runtime can honour: ``none``, or one inside the graph with its outputs declared."""
+    prior = manifest.box_prior
+    if prior.name == "grounding-dino":
+        raise BundleError(
+            f"{where}: field 'box_prior.name' is 'grounding-dino': that prior runs only on the PyTorch path "
+            "(fgad-eval --box-prior grounding-dino), the runtime cannot run its detector; re-export the bundle with "
+            "fgad-export --box-prior objectness (computed inside the graph) or none",
+            "box_prior.name",
+        )
+    if prior.name not in GRAPH_BOX_PRIORS:
+        raise BundleError(
+            f"{where}: field 'box_prior.name' is {prior.name!r}, but this runtime knows {list(GRAPH_BOX_PRIORS)}; "
+            f"upgrade fgad or {_REEXPORT}",
+            "box_prior.name",
+        )
+    if prior.name == "none":
+        return
+    s = manifest.map_size
+    wanted: dict[str, tuple[int | None, ...]] = {"position": (None,), "region_weight": (None, s, s)}
+    for name, dims in wanted.items():
+        shape = manifest.outputs.get(name)
+        if name not in prior.outputs or shape is None:
+            raise BundleError(
+                f"{where}: field 'box_prior.outputs' must list '{name}' and 'outputs' must declare it for the "
+                f"{prior.name} prior; {_REEXPORT}",
+                "box_prior.outputs",
+            )
+        if len(shape) != len(dims) or any(e is not None and d != e for d, e in zip(shape, dims, strict=True)):
+            raise BundleError(
+                f"{where}: field 'outputs.{name}' is {_shape_text(shape)}, expected {_shape_text(dims)}; {_REEXPORT}",
+                f"outputs.{name}",
+            )
+
+
 def check_manifest(
     manifest: Manifest,
     bundle_dir: str | os.PathLike[str],
@@ -695,6 +871,7 @@ def check_manifest(
     _check_files(manifest, root, verify_hashes)
     _check_engine(manifest, root, backend)
     _check_outputs(manifest, root / MANIFEST_NAME)
+    _check_box_prior(manifest, root / MANIFEST_NAME)
     _check_references(manifest, root)
 
 

@@ -34,9 +34,11 @@ from typing import Any
 
 import numpy as np
 
+from fgad.data.fusdes import POSITIONS
 from fgad.data.io import read_image
 from fgad.data.transforms import preprocess
 from fgad.runtime.backends import Backend, create_backend
+from fgad.runtime.fusion import FusionSpec, finish_maps
 from fgad.runtime.knn import FewShotMemory, max_similarity_numpy
 from fgad.runtime.manifest import (
     BundleError,
@@ -47,7 +49,7 @@ from fgad.runtime.manifest import (
     npz_array_shapes,
     reference_keys,
 )
-from fgad.runtime.postprocess import finish, upsample_align_corners
+from fgad.runtime.postprocess import upsample_align_corners
 
 __all__ = ["AUTO_MARGIN_FRACTION", "AUTO_MARGIN_MIN", "Detector", "Result"]
 
@@ -80,6 +82,7 @@ class Result:
     best_description_index: int = -1
     global_prob: float = math.nan
     timings: dict[str, float] = field(default_factory=dict)
+    position: str | None = None  # the box prior's position cell ("top left" ... "bottom right"); None without one
 
     def to_dict(self, include_map: bool = False) -> dict[str, Any]:
         """JSON-ready dict (the map only with ``include_map``, as nested lists)."""
@@ -93,6 +96,8 @@ class Result:
             "map_max": round(float(self.anomaly_map.max()), 6),
             "timings_ms": {k: round(float(v), 3) for k, v in self.timings.items()},
         }
+        if self.position is not None:
+            out["position"] = self.position
         if include_map:
             out["anomaly_map"] = self.anomaly_map.tolist()
         return out
@@ -111,6 +116,7 @@ class _Reference:
     stop: int
     vl_map: np.ndarray
     global_prob: float
+    region_weight: np.ndarray | None = None  # [m, m] box-prior weight of its few-shot map (bundles with a prior)
 
 
 def _as_rgb(image: ImageLike) -> tuple[np.ndarray, str]:
@@ -157,6 +163,10 @@ class Detector:
         self.auto_margin_fraction = AUTO_MARGIN_FRACTION
         self.auto_margin_min = AUTO_MARGIN_MIN
         self.loo_scores: np.ndarray | None = None
+        post = manifest.post
+        self._fusion = FusionSpec(sigma=post.sigma, truncate=post.truncate, map_size=manifest.map_size,
+                                  output_size=manifest.output_size, fusion=post.fusion, score=post.score,
+                                  fewshot_scale=post.fewshot_scale)
 
     # ------------------------------------------------------------------ construction
 
@@ -307,7 +317,7 @@ class Detector:
                 f"threshold 'auto' needs at least 2 reference images (got {len(self._refs)}); give 2 or more good "
                 "images with --refs DIR (refs= in Python; a references .npz holds features, not images), or a number"
             )
-        g, s, post = self.grid, self.size, self.manifest.post
+        g = self.grid
         rows = {layer: index.rows() for layer, index in self.memory.indexes.items()}
         scores = np.empty(len(self._refs), dtype=np.float32)
         for i, ref in enumerate(self._refs):
@@ -317,8 +327,10 @@ class Detector:
                 dist = 1.0 - max_similarity_numpy(own, rows[layer], exclude=(ref.start, ref.stop))
                 total = dist if total is None else total + dist
             assert total is not None
-            few = upsample_align_corners((total / len(self.layers)).reshape(1, g, g).astype(np.float32), s)
-            _, score = finish(ref.vl_map[None], np.array([ref.global_prob]), few, post.sigma, post.truncate)
+            few = (total / len(self.layers)).reshape(1, g, g).astype(np.float32)
+            if ref.region_weight is not None:
+                few = self._weighted_few(few, ref.region_weight[None])
+            _, score = finish_maps(ref.vl_map[None], np.array([ref.global_prob]), few, self._fusion)
             scores[i] = score[0]
         return scores
 
@@ -366,13 +378,14 @@ class Detector:
         for start in range(0, len(items), max(1, batch_size)):
             loaded = [_as_rgb(x) for x in items[start : start + batch_size]]
             batch = self._preprocess([img for img, _ in loaded])
-            outs = self.backend.run(batch, ["vl_map", "global_prob", *names])
+            outs = self.backend.run(batch, ["vl_map", "global_prob", *names, *self._prior_names()])
             tokens = {layer: self._tokens(outs, layer, len(loaded)) for layer in self.layers}
             for j, (_, name) in enumerate(loaded):
                 first = self.memory.ntotal
                 self.memory.add({layer: tokens[layer][j] for layer in self.layers})
                 vl = np.array(outs["vl_map"][j], dtype=np.float32)
-                self._refs.append(_Reference(name, first, first + n, vl, float(outs["global_prob"][j])))
+                weight = np.array(outs["region_weight"][j], dtype=np.float32) if "region_weight" in outs else None
+                self._refs.append(_Reference(name, first, first + n, vl, float(outs["global_prob"][j]), weight))
                 added += 1
         if recalibrate and self._threshold_mode == "auto" and added:
             self._threshold = self.calibrate_threshold()
@@ -387,6 +400,15 @@ class Detector:
 
     def _token_names(self) -> list[str]:
         return [self.manifest.token_output(layer) for layer in self.layers]
+
+    def _prior_names(self) -> list[str]:
+        """Outputs of the box prior inside the graph (none without one)."""
+        return [] if self.manifest.box_prior.name == "none" else ["position", "region_weight"]
+
+    def _weighted_few(self, few_grid: np.ndarray, region_weight: np.ndarray) -> np.ndarray:
+        """The few-shot map upsampled to the map size and λ-suppressed outside the box (as the graph's vl_map)."""
+        few = upsample_align_corners(few_grid, self._fusion.map_size)
+        return few * np.asarray(region_weight, dtype=np.float32)
 
     def _tokens(self, outs: dict[str, np.ndarray], layer: int, batch: int) -> np.ndarray:
         arr = np.asarray(outs[self.manifest.token_output(layer)], dtype=np.float32)
@@ -410,26 +432,28 @@ class Detector:
         t1 = time.perf_counter()
         use_memory = self.memory is not None and not self.memory.is_empty
         names = ["vl_map", "global_prob", "best_description"] + (self._token_names() if use_memory else [])
-        outs = self.backend.run(batch, names)
+        outs = self.backend.run(batch, names + self._prior_names())
         t2 = time.perf_counter()
         few = None
         if use_memory:
             assert self.memory is not None
             tokens = {layer: self._tokens(outs, layer, count) for layer in self.layers}
-            dist = self.memory.min_distance(tokens).reshape(count, self.grid, self.grid)
-            few = upsample_align_corners(dist, self.size)
+            few = self.memory.min_distance(tokens).reshape(count, self.grid, self.grid)  # upsampled in finish_maps
+            if "region_weight" in outs:  # box prior in the graph: suppress M^few outside the box, before fusion
+                few = self._weighted_few(few, outs["region_weight"])
         t3 = time.perf_counter()
-        post = self.manifest.post
         vl_map = np.asarray(outs["vl_map"], dtype=np.float32)
-        if vl_map.shape != (count, self.size, self.size):
+        m = self._fusion.map_size
+        if vl_map.shape != (count, m, m):
             raise BundleError(
                 f"the engine returned vl_map of shape {list(vl_map.shape)}, expected "
-                f"{[count, self.size, self.size]} (check 'input.size')",
+                f"{[count, m, m]} (check 'input.size' and 'post.map_size')",
                 "outputs.vl_map",
             )
         prob = np.asarray(outs["global_prob"], dtype=np.float32).reshape(-1)
         best = np.asarray(outs["best_description"]).reshape(-1).astype(np.int64)
-        maps, scores = finish(vl_map, prob, few, post.sigma, post.truncate)
+        cells = np.asarray(outs["position"]).reshape(-1).astype(np.int64) if "position" in outs else None
+        maps, scores = finish_maps(vl_map, prob, few, self._fusion)
         t4 = time.perf_counter()
         timings = {
             stage: 1000.0 * dt / count for stage, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True)
@@ -448,6 +472,7 @@ class Detector:
                     best_description_index=int(best[i]),
                     global_prob=float(prob[i]),
                     timings=dict(timings),
+                    position=None if cells is None else POSITIONS[int(cells[i])],
                 )
             )
         return results
