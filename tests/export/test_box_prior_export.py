@@ -226,3 +226,16 @@ def test_runtime_refuses_priors_it_cannot_run(prior_bundle: Path, tmp_path: Path
     assert info.value.field == "box_prior.outputs"
     with pytest.raises(BundleError, match="'yolo'"):
         Detector.from_bundle(edited({"name": "yolo"}))
+
+
+def test_cli_export_refuses_grounding_dino_before_loading_anything(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from fgad.cli.export import main as export_main
+
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(export_main, ["--checkpoint", str(tmp_path / "missing"), "--class-name", CLASS_NAME,
+                                              "--box-prior", "grounding-dino", "--out", str(out)])
+    assert result.exit_code == 1
+    assert "runs only on the PyTorch path" in result.output and "fgad-eval --box-prior grounding-dino" in result.output
+    assert not out.exists()

@@ -62,6 +62,9 @@ DEFORM_CHOICES = ("decomposed", "native", "plugin", "onnx")
 @click.option("--measure-on", "measure_dir", type=click.Path(path_type=Path), default=None,
               help="Folder (searched recursively) of images, good and defective, not the references, on which the "
                    "frozen-text approximation recorded in the manifest is measured. Default: the references.")
+@click.option("--box-prior", type=click.Choice(["none", "objectness", "grounding-dino"]), default=None,
+              help="Box prior inside the graph (default: the config's post.box_prior). grounding-dino runs on the "
+                   "PyTorch path only (fgad-eval) and is refused here.")
 @click.option("--bank", "banks", multiple=True, help="Extra description bank (JSON {class: [phrases]}).")
 @click.option("--opset", type=click.IntRange(16, None), default=19, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
@@ -72,13 +75,13 @@ def main(checkpoint: Path | None, class_name: str | None, bundle_dir: Path | Non
          engine: str, deform: str | None, plugins: tuple[Path, ...], workspace_gb: float | None,
          timing_cache: Path | None, max_batch: int, calib_dir: Path | None, calib_method: str,
          allow_unsupported: bool, text_mode: str, image_size: int | None, measure_dir: Path | None,
-         banks: tuple[str, ...], opset: int, out_dir: Path | None, verbose: bool) -> None:
+         box_prior: str | None, banks: tuple[str, ...], opset: int, out_dir: Path | None, verbose: bool) -> None:
     """Write model.onnx, references.npz and manifest.json to OUT (docs/bundle.md); with --engine, model.engine."""
     build = _EngineRequest(engine, deform, plugins, workspace_gb, timing_cache, max_batch, calib_dir, calib_method,
                            allow_unsupported, verbose)
     if bundle_dir is not None:
         given = [name for name, value in (("--checkpoint", checkpoint), ("--class-name", class_name),
-                                          ("--out", out_dir), ("--image-size", image_size),
+                                          ("--out", out_dir), ("--image-size", image_size), ("--box-prior", box_prior),
                                           ("--measure-on", measure_dir)) if value is not None]
         if given or banks or text_mode != "frozen" or opset != 19:
             what = ", ".join(given) or "the export options"
@@ -95,6 +98,10 @@ def main(checkpoint: Path | None, class_name: str | None, bundle_dir: Path | Non
         raise click.UsageError(f"missing {', '.join(missing)} (or give --bundle DIR to build an existing bundle's "
                                "engine)")
     assert checkpoint is not None and class_name is not None and out_dir is not None
+    if box_prior == "grounding-dino":
+        from fgad.models.grounding import NEEDS_TORCH_MESSAGE
+
+        raise click.ClickException(NEEDS_TORCH_MESSAGE)
     export_deform = build.export_flavour()
     if engine != "onnx":
         build.warn_early()
@@ -131,7 +138,7 @@ def main(checkpoint: Path | None, class_name: str | None, bundle_dir: Path | Non
     try:
         bundle = write_bundle(out_dir, model, model.cfg, class_name, refs, text_mode=text_mode,
                               deform=export_deform, checkpoint_meta=checkpoint_meta, opset=opset,
-                              approximation_images=measure_on)
+                              approximation_images=measure_on, box_prior=box_prior)
     except (ExportError, FileExistsError) as err:
         raise click.ClickException(str(err)) from err
 
