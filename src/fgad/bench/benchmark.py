@@ -54,6 +54,7 @@ class BenchSpec:
     refs: Path | None = None
     calib: Path | None = None
     calib_limit: int | None = None
+    calib_method: str = "entropy"
     class_name: str | None = None
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None
@@ -397,7 +398,7 @@ def _make_runner(row: _Row, spec: BenchSpec, target: str, model: Any, text: Any,
             if "int8" not in prepared:  # quantized once
                 t0 = time.perf_counter()
                 prepared["int8"] = int8_bundle(bundle, work / "bundle-int8", workload.calib_dir,
-                                               limit=spec.calib_limit)
+                                               method=spec.calib_method, limit=spec.calib_limit)
                 timings["quantize_s"] = time.perf_counter() - t0
             quantized, reason = prepared["int8"]
             if quantized is None:

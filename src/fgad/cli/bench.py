@@ -82,7 +82,11 @@ def _shots(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
               help="Folder of good images for the few-shot memory (with --images).")
 @click.option("--calib", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
               help="Folder of normal images for int8 calibration (default: --refs, or the synthetic good images).")
-@click.option("--calib-limit", type=click.IntRange(min=1), default=None, help="Calibration images to use.")
+@click.option("--calib-limit", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Calibration images to use (entropy calibration holds every activation of every image in memory: "
+                   "about 12 GB for 400 images at ViT-B-16 size).")
+@click.option("--calib-method", type=click.Choice(["entropy", "percentile", "minmax"]), default="entropy",
+              show_default=True, help="int8 calibration method (minmax needs the least memory).")
 @click.option("--class-name", default=None, help="Class of the --images frames (--config mode).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads of torch and onnxruntime.")
@@ -102,7 +106,8 @@ def _shots(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
 @friendly_errors
 def main(bundle_dir: Path | None, config_name: str | None, backends: tuple[str, ...], precisions: tuple[str, ...],
          image_size: int | None, shots: tuple[int, ...], batch: int, frames: int, warmup: int, images: Path | None,
-         refs: Path | None, calib: Path | None, calib_limit: int | None, class_name: str | None, device: str,
+         refs: Path | None, calib: Path | None, calib_limit: int | None, calib_method: str, class_name: str | None,
+         device: str,
          threads: int | None, use_compile: bool, torch_model: bool, deform: str, peak_tflops: float | None,
          seed: int, chart: bool, out_dir: Path, progress: bool, verbose: bool) -> None:
     """Time every backend x precision x shots configuration; write bench.json, bench.md, bench.png to OUT."""
@@ -128,7 +133,8 @@ def main(bundle_dir: Path | None, config_name: str | None, backends: tuple[str, 
     spec = BenchSpec(
         bundle=bundle_dir, config=config_name, backends=backends, precisions=precisions, shots=shots,
         image_size=image_size, batch=batch, frames=frames, warmup=warmup, images=images, refs=refs, calib=calib,
-        calib_limit=calib_limit, class_name=class_name, device=device, threads=threads, compile=use_compile,
+        calib_limit=calib_limit, calib_method=calib_method, class_name=class_name, device=device, threads=threads,
+        compile=use_compile,
         torch_model=torch_model, deform=deform, seed=seed, peak_tflops=peak_tflops, progress=progress,
         command=_command(click.get_current_context()),
     )
