@@ -205,3 +205,26 @@ def test_length_buckets_are_exact_and_save_tokens(tiny: tuple) -> None:
     assert cost <= len(lengths) * max(lengths)
     assert _length_buckets([3, 3, 9, 9], 2) == [(0, 2), (2, 4)]
     assert _length_buckets([4, 4, 4], 3) == [(0, 3)]
+
+
+def test_a_bank_file_gives_a_new_product_its_defect_phrases(tmp_path) -> None:
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    import fgad.finegrained as fg
+    from fgad.finegrained.captions import CaptionError
+    from fgad.finegrained.mllp import class_texts
+
+    bank = tmp_path / "bank.json"
+    bank.write_text(json.dumps({"my_bracket": ["a bent tab", "a missing rivet"]}))
+    shipped = Path(fg.__file__).resolve().parents[1] / "data" / "captions" / "magnetic_tile.json"
+    record = json.loads(shipped.read_text())
+    record["class_name"] = "my_bracket"
+    captions = tmp_path / "my_bracket.json"
+    captions.write_text(json.dumps(record))
+    fc = load_config("fgad-tiny").model.finegrained
+    with pytest.raises(CaptionError, match="fgad-train: --bank FILE"):
+        class_texts(fc, "my_bracket", captions=str(captions))
+    texts = class_texts(dataclasses.replace(fc, bank=str(bank)), "my_bracket", captions=str(captions))
+    assert texts.defects == ("with a bent tab", "with a missing rivet")

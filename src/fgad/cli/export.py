@@ -122,6 +122,9 @@ def main(checkpoint: Path | None, class_name: str | None, bundle_dir: Path | Non
                   if measure_dir is not None else None)
     with torch.no_grad():
         model, _, meta = load_any_checkpoint(checkpoint, combine=False)  # FiLo++ or FineGrainedAD (by its config)
+        if model.cfg.method == "finegrained" and box_prior not in (None, "none"):
+            raise click.UsageError(f"--box-prior {box_prior}: box priors belong to FiLo++ (DefLoc); "
+                                   f"{checkpoint} is a FineGrainedAD checkpoint: drop --box-prior")
         if banks:
             model.prompts.add_banks(banks)
         checkpoint_meta = {

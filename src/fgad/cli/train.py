@@ -48,11 +48,12 @@ def main(config_name: str, data_root: Path, out_dir: Path, pretrained: str | Non
     if load_config(config_name).model.method == "finegrained":
         from fgad.finegrained.train import cli_train
 
-        if classes or banks or epochs_phase1 is not None or epochs_phase2 is not None or max_steps_per_epoch:
-            raise click.UsageError("--classes/--bank/--epochs-phase1/2/--max-steps-per-epoch are FiLo++ options; "
-                                   "a FineGrainedAD config takes --class-name, --shots, --epochs")
+        if classes or len(banks) > 1 or epochs_phase1 is not None or epochs_phase2 is not None or max_steps_per_epoch:
+            raise click.UsageError("--classes/--epochs-phase1/2/--max-steps-per-epoch are FiLo++ options; a "
+                                   "FineGrainedAD config takes --class-name, --shots, --epochs and at most one --bank")
         cli_train(config_name, data_root, out_dir, class_name, shots, pretrained=pretrained, epochs=epochs, seed=seed,
-                  seed_file=seed_file, captions=captions, resume=resume, progress=progress, echo=click.echo)
+                  seed_file=seed_file, captions=captions, bank=Path(banks[0]) if banks else None, resume=resume,
+                  progress=progress, echo=click.echo)
         return
     if class_name or shots is not None or epochs is not None or seed_file or captions:
         raise click.UsageError("--class-name/--shots/--epochs/--seed-file/--captions need a FineGrainedAD config "

@@ -557,7 +557,7 @@ def defect_phrases(class_name: str, dataset: str | None = None) -> tuple[str, ..
             f"No description bank has defect phrases for class {key!r} (searched: {', '.join(banks)})."
             f"{_suggest(key, names)} Add an entry to a description bank JSON file "
             f'({{"{key}": ["a scratch on the surface", "a missing screw"]}}) and pass its path as the dataset '
-            "(fgad-captions: --dataset FILE)."
+            "(fgad-captions: --dataset FILE; fgad-train: --bank FILE)."
         )
     out: list[str] = []
     for phrase in phrases:

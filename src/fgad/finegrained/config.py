@@ -52,6 +52,7 @@ class FineGrainedConfig:
     truncate: float = 4.0  # kernel radius = int(truncate * sigma + 0.5)
     # --- optional
     captions: str | None = None  # caption record JSON (None: the built-in record of the class)
+    bank: str | None = None  # description bank JSON {class: [phrases]} for the defect phrases (None: built-in banks)
     combined: bool = False  # combined mode (METHOD.md §3): average with a FiLo++ model's maps and scores
     combine_with: str | None = None  # the FiLo++ checkpoint of the combined mode (or fgad-eval --combine-with)
 

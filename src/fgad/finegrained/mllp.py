@@ -253,12 +253,13 @@ def build_mllp_texts(
 
 def class_texts(fc: FineGrainedConfig, class_name: str, captions: str | None = None) -> MllpTexts:
     """The texts of ``class_name``: its caption record (``captions`` file, ``fc.captions``, or the shipped one)
-    and its defect phrases, built with ``fc.seed``."""
+    and its defect phrases (from the bank file ``fc.bank`` first, then the built-in banks), built with ``fc.seed``."""
     from fgad.finegrained.captions import defect_phrases, load_caption
 
     path = captions if captions is not None else fc.captions
     record = load_caption(class_name, path)
-    return build_mllp_texts(record, defect_phrases(class_name), seed=fc.seed, entity_handles=fc.entity_handles)
+    return build_mllp_texts(record, defect_phrases(class_name, fc.bank), seed=fc.seed,
+                            entity_handles=fc.entity_handles)
 
 
 # ---------------------------------------------------------------------------------- learnable prompts

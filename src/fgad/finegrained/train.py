@@ -275,6 +275,7 @@ def cli_train(
     seed: int | None = None,
     seed_file: Path | None = None,
     captions: Path | None = None,
+    bank: Path | None = None,
     resume: bool = True,
     progress: bool = True,
     echo: Callable[[str], None] = print,
@@ -295,6 +296,8 @@ def cli_train(
         fgad_over["seed"] = seed
     if captions is not None:
         fgad_over["captions"] = str(captions)
+    if bank is not None:
+        fgad_over["bank"] = str(bank)
     overrides: dict[str, Any] = {"model": {"finegrained": fgad_over}}
     if pretrained is not None:
         overrides["model"]["backbone"] = {"pretrained": pretrained}

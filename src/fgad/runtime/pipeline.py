@@ -69,9 +69,10 @@ STAGES = ("preprocess", "engine", "fewshot", "post")
 class Result:
     """The outcome for one image.
 
-    ``anomaly_map`` is ``[s, s]`` float32 at the model input size (resize it to the frame for display;
-    ``fgad.runtime.overlay.heatmap_overlay`` does). ``timings`` are milliseconds per stage (preprocess, engine,
-    fewshot, post); for a batch they are the batch's time divided by its size.
+    ``anomaly_map`` is ``[s, s]`` float32 with ``s = post.output_size`` (the model input size for FiLo++);
+    resize it to the frame for display (``fgad.runtime.overlay.heatmap_overlay`` does). ``timings`` are
+    milliseconds per stage (preprocess, engine, fewshot, post); for a batch they are the batch's time
+    divided by its size.
     """
 
     score: float
