@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fgad.config import BackboneConfig
 from fgad.data.datasets import Sample, discover, load_sample_arrays, load_sample_raw
 from fgad.data.fusdes import POSITIONS
-from fgad.data.transforms import resize_image
+from fgad.data.transforms import preprocess, preprocess_mask, resize_image
 from fgad.metrics import compute_metrics, markdown_table, mean_metrics
 from fgad.models.boxprior import BoxPrior, BoxPriorResult, build_box_prior
 from fgad.models.filo import FiLoPlusPlus
@@ -54,15 +55,18 @@ def choose_shots(train_good: Sequence[Sample], shots: int, seed: int) -> list[in
     return sorted(rng.choice(len(train_good), size=shots, replace=False).tolist())
 
 
-def _load_batch(samples: Sequence[Sample], size: int, mean, std) -> tuple[list[Sample], np.ndarray, np.ndarray]:  # noqa: ANN001
+def _load_batch(
+    samples: Sequence[Sample], size: int, mean, std, mask_size: int | None = None  # noqa: ANN001
+) -> tuple[list[Sample], np.ndarray, np.ndarray]:
+    """The readable samples, their images at ``size`` and their masks at ``mask_size`` (default ``size``)."""
     kept, images, masks = [], [], []
     for s in samples:
-        arrays = load_sample_arrays(s, size, mean, std)
-        if arrays is None:
+        raw = load_sample_raw(s)
+        if raw is None:
             continue
         kept.append(s)
-        images.append(arrays[0])
-        masks.append(arrays[1])
+        images.append(preprocess(raw[0], size, mean, std))
+        masks.append(preprocess_mask(raw[1], size if mask_size is None else mask_size))
     if not kept:
         return [], np.zeros((0,)), np.zeros((0,))
     return kept, np.stack(images), np.stack(masks)
@@ -110,14 +114,58 @@ def evaluate_class(
             raise ValueError(f"reference image(s) unreadable: {bad}")
         model.set_reference_images(torch.from_numpy(np.stack([r[0] for r in refs])))
         info["reference_images"] = [str(train_good[i].image_path) for i in idx]
-    samples = discover(root, "test", [class_name])
-    if settings.max_images is not None:
-        samples = _subsample(samples, settings.max_images)
+    samples = _test_samples(root, class_name, settings.max_images)
     prior = _box_prior(model, settings)
     prompts = model.prompts.prepare(class_name)
     descriptions = prompts.abnormal_descriptions()
-    overlay_paths = _overlay_picks(samples, settings.num_overlays)
+    metrics, predictions, seconds = _score_samples(
+        samples,
+        lambda x: model(x, class_name, box_prior=prior),
+        lambda out, j: {
+            "best_description": descriptions[int(out.best_description[j])],
+            **_prior_prediction(out.prior, j),
+        },
+        root=root,
+        class_name=class_name,
+        settings=settings,
+        backbone=bb,
+        map_size=size,
+        out_dir=out_dir,
+        desc=f"eval {class_name} ({settings.shots}-shot)",
+        progress=progress,
+    )
+    info.update({"images": len(predictions), "seconds": seconds, "seconds_per_image": seconds / len(predictions)})
+    return metrics, predictions, info
 
+
+def _test_samples(root: str | Path, class_name: str, max_images: int | None) -> list[Sample]:
+    """The class's test images, evenly subsampled to ``max_images`` when that is set."""
+    samples = discover(root, "test", [class_name])
+    return list(samples) if max_images is None else _subsample(samples, max_images)
+
+
+def _score_samples(
+    samples: Sequence[Sample],
+    infer: Callable[[torch.Tensor], Any],
+    describe: Callable[[Any, int], dict[str, Any]],
+    *,
+    root: str | Path,
+    class_name: str,
+    settings: EvalSettings,
+    backbone: BackboneConfig,
+    map_size: int,
+    out_dir: Path | None,
+    desc: str,
+    progress: bool,
+) -> tuple[dict[str, float], list[dict[str, Any]], float]:
+    """Run ``infer`` over ``samples`` in batches and score its maps: (metrics, per-image predictions, seconds).
+
+    Shared by every method's evaluation. ``infer`` maps a batch of images preprocessed for ``backbone`` to an
+    output with ``anomaly_map`` ``[B, map_size, map_size]``, ``image_score``, ``global_prob`` and ``best_description``;
+    ``describe(out, j)`` gives the method's own prediction fields of image ``j`` (its best description first).
+    The masks are resized to ``map_size`` (bilinear, threshold 0.5), overlays are drawn at it.
+    """
+    overlay_paths = _overlay_picks(samples, settings.num_overlays)
     labels: list[int] = []
     scores: list[float] = []
     maps: list[np.ndarray] = []
@@ -125,12 +173,11 @@ def evaluate_class(
     predictions: list[dict[str, Any]] = []
     started = time.perf_counter()
     chunks = [samples[i : i + settings.batch_size] for i in range(0, len(samples), settings.batch_size)]
-    for chunk in tqdm(chunks, desc=f"eval {class_name} ({settings.shots}-shot)", disable=not progress, leave=False):
-        kept, images, gts = _load_batch(chunk, size, bb.mean, bb.std)
+    for chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
+        kept, images, gts = _load_batch(chunk, backbone.image_size, backbone.mean, backbone.std, map_size)
         if not kept:
             continue
-        x = torch.from_numpy(images)
-        out = model(x, class_name, box_prior=prior)
+        out = infer(torch.from_numpy(images))
         amap = out.anomaly_map.float().numpy()
         for j, s in enumerate(kept):
             labels.append(s.label)
@@ -146,18 +193,16 @@ def evaluate_class(
                     "score": float(out.image_score[j]),
                     "global_prob": float(out.global_prob[j]),
                     "map_max": float(amap[j].max()),
-                    "best_description": descriptions[int(out.best_description[j])],
-                    **_prior_prediction(out.prior, j),
+                    **describe(out, j),
                 }
             )
             if out_dir is not None and s.image_path in overlay_paths:
-                _write_overlay(out_dir, class_name, s, amap[j], size, float(out.image_score[j]))
+                _write_overlay(out_dir, class_name, s, amap[j], map_size, float(out.image_score[j]))
     seconds = time.perf_counter() - started
     if not labels:
         raise ValueError(f"class {class_name!r}: no readable test images under {root}")
     metrics = compute_metrics(np.array(labels), np.array(scores), np.stack(masks), np.stack(maps))
-    info.update({"images": len(labels), "seconds": seconds, "seconds_per_image": seconds / len(labels)})
-    return metrics, predictions, info
+    return metrics, predictions, seconds
 
 
 def _box_prior(model: FiLoPlusPlus, settings: EvalSettings) -> BoxPrior:

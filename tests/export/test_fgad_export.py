@@ -172,3 +172,10 @@ def test_harmonic_fusion_matches_the_torch_steps() -> None:
     # by hand, no smoothing involved: the score is 1 / (1/p + 1/max Up(V))
     peak = upsample_align_corners(0.5 * dist, 40).reshape(2, -1).max(axis=1)
     assert np.allclose(score, 1.0 / (1.0 / prob + 1.0 / peak), rtol=1e-5)
+
+
+def test_box_priors_are_refused_for_finegrained(trained: FineGrainedAD, tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    with pytest.raises(ValueError, match="box priors are FiLo\\+\\+'s"):
+        write_bundle(out, trained, trained.cfg, CLASS, refs=None, box_prior="objectness")
+    assert not out.exists()

@@ -14,7 +14,6 @@ TensorRT cannot be installed on the development and CI machines, so the tests ar
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import sys
 import types
@@ -38,9 +37,8 @@ from fgad.export.tensorrt_build import (
     build_engine,
 )
 from fgad.runtime import manifest as manifest_mod
+from tests.helpers.tensorrt import HAVE_TRT, hide_tensorrt
 from tests.runtime.fake_bundle import make_bundle
-
-HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and importlib.util.find_spec("cuda") is not None
 
 
 def _images(count: int, seed: int = 0) -> list[np.ndarray]:
@@ -56,10 +54,7 @@ def _hashes(folder: Path) -> dict[str, str]:
 
 @pytest.fixture()
 def no_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = importlib.util.find_spec
-    monkeypatch.setattr("importlib.util.find_spec",
-                        lambda name, *a: None if name.split(".")[0] == "tensorrt" else real(name, *a))
-    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    hide_tensorrt(monkeypatch)
 
 
 def _graph(tmp_path: Path, extra: list[Any] | None = None, dynamic_hw: bool = False) -> Path:

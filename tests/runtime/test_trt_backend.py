@@ -26,9 +26,9 @@ from fgad.runtime.backends import create_backend
 from fgad.runtime.backends.trt import TensorRTBackend
 from fgad.runtime.manifest import BundleError, PluginSpec, check_manifest, load_manifest, resolve_engine
 from fgad.runtime.pipeline import Detector
+from tests.helpers.tensorrt import HAVE_TRT, hide_tensorrt
 from tests.runtime.fake_bundle import FakeBundle, make_bundle, sha256
 
-HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and importlib.util.find_spec("cuda") is not None
 PLUGIN = "plugins/libfgad_plugins.so"
 
 
@@ -57,10 +57,7 @@ def engine_bundle(tmp_path: Path, good_images: list[np.ndarray]) -> FakeBundle:
 
 @pytest.fixture()
 def no_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = importlib.util.find_spec
-    monkeypatch.setattr("importlib.util.find_spec",
-                        lambda name, *a: None if name.split(".")[0] == "tensorrt" else real(name, *a))
-    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    hide_tensorrt(monkeypatch)
 
 
 @pytest.fixture()

@@ -14,7 +14,7 @@ torch is imported inside the torch runners only: timing a bundle needs no torch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,21 @@ def torch_sync(device: str) -> Any:
 def _decode(frames: Sequence[Path], timer: StageTimer) -> list[np.ndarray]:
     with timer("decode"):
         return [read_image(p) for p in frames]
+
+
+def _torch_batch(torch: Any, images: Sequence[np.ndarray], backbone: Any, device: str, dtype: Any = None) -> Any:
+    """``images`` preprocessed as the runtime does, as one tensor on ``device`` (cast to ``dtype`` when given)."""
+    arr = np.stack([preprocess(img, backbone.image_size, backbone.mean, backbone.std) for img in images])
+    return torch.from_numpy(arr).to(device=device, dtype=dtype)
+
+
+def _decode_and_batch(
+    frames: Sequence[Path], timer: StageTimer, batch: Callable[[Sequence[np.ndarray]], Any]
+) -> tuple[list[np.ndarray], Any]:
+    """The torch runners' first two stages: the decoded frames and their preprocessed batch."""
+    images = _decode(frames, timer)
+    with timer("preprocess"):
+        return images, batch(images)
 
 
 def _overlay(images: Sequence[np.ndarray], maps: Sequence[np.ndarray], timer: StageTimer) -> None:
@@ -117,9 +132,7 @@ class TorchGraphRunner:
         return self.cfg.backbone
 
     def _batch(self, images: Sequence[np.ndarray]) -> Any:
-        bb = self._bb
-        arr = np.stack([preprocess(img, bb.image_size, bb.mean, bb.std) for img in images])
-        return self.torch.from_numpy(arr).to(device=self.device, dtype=self.dtype)
+        return _torch_batch(self.torch, images, self._bb, self.device, self.dtype)
 
     def set_references(self, refs: Sequence[Path]) -> None:
         """Fill the memory with the normalised tokens the graph returns for ``refs`` (none: zero-shot)."""
@@ -140,10 +153,8 @@ class TorchGraphRunner:
         torch = self.torch
         bb = self._bb
         timer = StageTimer(torch_sync(self.device))
-        images = _decode(frames, timer)
+        images, x = _decode_and_batch(frames, timer, self._batch)
         with torch.no_grad():
-            with timer("preprocess"):
-                x = self._batch(images)
             with timer("engine"):
                 vl, prob, _best, *tokens = self.graph(x)
             few = None
@@ -174,9 +185,7 @@ class TorchModelRunner:
         self.class_name = class_name
 
     def _batch(self, images: Sequence[np.ndarray]) -> Any:
-        bb = self.model.cfg.backbone
-        arr = np.stack([preprocess(img, bb.image_size, bb.mean, bb.std) for img in images])
-        return self.torch.from_numpy(arr).to(self.device)
+        return _torch_batch(self.torch, images, self.model.cfg.backbone, self.device)
 
     def set_references(self, refs: Sequence[Path]) -> None:
         if refs:
@@ -187,10 +196,8 @@ class TorchModelRunner:
     def __call__(self, frames: Sequence[Path]) -> tuple[list[float], dict[str, float]]:
         torch = self.torch
         timer = StageTimer(torch_sync(self.device))
-        images = _decode(frames, timer)
+        images, x = _decode_and_batch(frames, timer, self._batch)
         with torch.no_grad():
-            with timer("preprocess"):
-                x = self._batch(images)
             with timer("engine"):
                 out = self.model(x, self.class_name)
             maps = out.anomaly_map.cpu().numpy()

@@ -22,9 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import uuid
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +30,9 @@ import numpy as np
 
 from fgad.calibration.images import list_calibration_images, preprocess_images
 from fgad.calibration.qdq import DEFAULT_KEEP_FLOAT, DEFAULT_PERCENTILE, KeepFloat, QuantizationReport, quantize_qdq
+from fgad.export.bundle_io import check_target, staged_bundle, utc_timestamp, write_references_npz
 from fgad.runtime.manifest import BundleError, Manifest, check_manifest, file_sha256, load_manifest
-from fgad.utils.atomic import atomic_path, atomic_write_json
+from fgad.utils.atomic import atomic_write_json
 
 __all__ = ["MIN_CALIBRATION_IMAGES", "REPORT_FILE", "bundle_reference_paths", "calibration_paths", "quantize_bundle"]
 
@@ -97,26 +96,7 @@ def calibration_paths(
 def _prepare_target(out: Path, src: Path) -> None:
     if out.resolve() == src.resolve():
         raise ValueError(f"--out {out} is the fp32 bundle itself; write the int8 bundle to a new folder")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
-        raise FileExistsError(f"{out} is a non-empty directory that is not a bundle; choose another --out")
-
-
-def _install(tmp: Path, out: Path) -> None:
-    """Rename the finished temporary folder onto ``out`` (an earlier bundle there is replaced)."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.{uuid.uuid4().hex}.old"
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    check_target(out, MANIFEST_FILE)
 
 
 def _run(backend: Any, images: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
@@ -132,15 +112,7 @@ def _write_references(backend: Any, images: np.ndarray, layers: Sequence[int], p
                       target: Path) -> None:
     """references.npz as docs/bundle.md defines it, computed by ``backend``'s graph."""
     outputs = _run(backend, images, [f"tokens_{layer}" for layer in layers])
-    arrays: dict[str, Any] = {}
-    for layer in layers:
-        tokens = outputs[f"tokens_{layer}"]
-        rows = tokens.reshape(-1, tokens.shape[-1]).astype(np.float32)
-        rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
-        arrays[f"layer_{layer}"] = rows
-    arrays["paths"] = np.array([str(p) for p in paths])
-    with atomic_path(target) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
+    write_references_npz(target, {layer: outputs[f"tokens_{layer}"] for layer in layers}, paths)
 
 
 def _check_against_fp32(fp32: Any, int8: Any, images: np.ndarray) -> dict[str, Any]:
@@ -188,7 +160,7 @@ def _manifest_entry(report: QuantizationReport, source: str, references: str, ch
         "check": check,
         "report": REPORT_FILE,
         "onnxruntime": onnxruntime.__version__,
-        "created": datetime.now(timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created": utc_timestamp(),
     }
 
 
@@ -238,10 +210,7 @@ def quantize_bundle(
     calibration = preprocess_images(paths, spec.size, spec.mean, spec.std)
 
     engine_files = {manifest.engine.file, *(manifest.raw.get("engine", {}).get("external_data") or [])}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex}.tmp"
-    tmp.mkdir()
-    try:
+    with staged_bundle(out) as tmp:
         for name in manifest.sha256:
             if name in engine_files or name == REPORT_FILE:
                 continue
@@ -280,9 +249,5 @@ def quantize_bundle(
         from fgad.runtime.pipeline import Detector
 
         Detector.from_bundle(tmp, backend="onnxruntime")  # the runtime accepts it, or nothing is installed
-        _install(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     log.info("int8 bundle %s: %s", out, report.summary())
     return out

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import uuid
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,8 @@ import numpy as np
 import torch
 
 from fgad import __version__
-from fgad.config import ModelConfig, replace
+from fgad.config import BackboneConfig, ModelConfig, replace
+from fgad.export.bundle_io import check_target, staged_bundle, utc_timestamp, write_references_npz
 from fgad.export.deform_flavours import normalize_deform
 from fgad.export.frozen_text import TEXT_MODES, FrozenText, freeze_text, freeze_text_bank
 from fgad.export.onnx_export import (
@@ -37,7 +35,7 @@ from fgad.export.wrapper import INPUT_NAME, PRIOR_OUTPUTS, FiloExportModule, che
 from fgad.models.boxprior import build_box_prior
 from fgad.models.filo import FiLoPlusPlus
 from fgad.runtime.manifest import file_sha256 as sha256_file
-from fgad.utils.atomic import atomic_path, atomic_write_json
+from fgad.utils.atomic import atomic_write_json
 
 __all__ = [
     "FORMAT_VERSION",
@@ -219,15 +217,60 @@ def frozen_text_error(
 # ---------------------------------------------------------------------------------- bundle
 
 
-def _references_npz(path: Path, tokens: dict[int, np.ndarray], paths: Sequence[Path]) -> None:
-    arrays: dict[str, np.ndarray] = {}
-    for layer, t in tokens.items():
-        rows = t.reshape(-1, t.shape[-1]).astype(np.float32)
-        rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)  # exact unit rows
-        arrays[f"layer_{layer}"] = rows
-    arrays["paths"] = np.array([str(p) for p in paths])
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
+def _graph_references(
+    onnx_path: Path, images: torch.Tensor, layers: Sequence[int], paths: Sequence[Path], target: Path
+) -> None:
+    """``references.npz`` at ``target`` from the graph's own ``tokens_<l>`` for the reference ``images``."""
+    outputs = run_onnx(onnx_path, images.numpy())
+    write_references_npz(target, {layer: outputs[f"tokens_{layer}"] for layer in layers}, paths)
+
+
+def _approximation_inputs(
+    paths: Sequence[str | os.PathLike[str]] | None, cfg: ModelConfig, default: torch.Tensor, default_label: str
+) -> tuple[torch.Tensor, str]:
+    """The images the text approximation is measured on (``paths``, else ``default``) and their manifest label."""
+    if paths:
+        images = load_reference_images([Path(p) for p in paths], cfg)
+        return images, f"{len(images)} given images"
+    return default, default_label
+
+
+def _checkpoint_meta(checkpoint_meta: dict[str, Any] | None, model: Any) -> dict[str, Any]:
+    """``checkpoint_meta`` with the backbone fingerprint computed from ``model`` where it is missing."""
+    meta = dict(checkpoint_meta or {})
+    if not meta.get("backbone_fingerprint"):
+        from fgad.train.checkpoint import backbone_fingerprint
+
+        meta["backbone_fingerprint"] = backbone_fingerprint(model)
+    return meta
+
+
+def _manifest_head(class_name: str, opset: int, files: Sequence[str], bb: BackboneConfig) -> dict[str, Any]:
+    """The manifest's entries up to ``input`` for an fp32 ONNX bundle whose folder holds ``files``."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "fgad_version": __version__,
+        "created": utc_timestamp(),
+        "class_name": class_name,
+        "engine": {
+            "kind": "onnx",
+            "file": MODEL_FILE,
+            "opset": opset,
+            "precision": "fp32",
+            "tensorrt_version": None,
+            "compute_capability": None,
+            "external_data": [f for f in files if f.startswith(MODEL_FILE + ".")] or None,
+        },
+        "input": {
+            "name": INPUT_NAME,
+            "size": bb.image_size,
+            "layout": "NCHW",
+            "color": "RGB",
+            "resize": "bicubic",
+            "mean": list(bb.mean),
+            "std": list(bb.std),
+        },
+    }
 
 
 def _check_shapes(
@@ -258,33 +301,6 @@ def _box_prior_entry(cfg: ModelConfig, prior: str) -> dict[str, Any]:
 
     return {"name": prior, "in_graph": True, "outputs": list(PRIOR_OUTPUTS), "suppression": cfg.post.suppression,
             "params": to_dict(cfg.post.objectness)}
-
-
-def _prepare_target(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
-        raise FileExistsError(f"{out} is a non-empty directory that is not a bundle; choose another --out")
-
-
-def _install(tmp: Path, out: Path) -> None:
-    """Rename the finished temporary folder onto ``out`` (replacing an earlier bundle there)."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.{uuid.uuid4().hex}.old"
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def write_bundle(
@@ -321,6 +337,9 @@ def write_bundle(
     if getattr(model_cfg, "method", "filo") == "finegrained":  # FineGrainedAD: its own graph, same bundle format
         from fgad.finegrained.export import write_fgad_bundle
 
+        if box_prior not in (None, "none"):
+            raise ValueError(f"box_prior={box_prior!r}: box priors are FiLo++'s (DefLoc); a FineGrainedAD model is "
+                             "exported without one (drop --box-prior)")
         return write_fgad_bundle(out_dir, model, model_cfg, class_name, refs, text_mode=text_mode,  # type: ignore[arg-type]
                                  deform=deform, checkpoint_meta=checkpoint_meta, opset=opset, thresholds=thresholds,
                                  tolerances=tolerances, external_data=external_data,
@@ -337,7 +356,7 @@ def write_bundle(
     if model_cfg != model.cfg:
         raise ValueError("model_cfg differs from the model's own config; pass model.cfg (or rebuild the model)")
     out = Path(out_dir)
-    _prepare_target(out)
+    check_target(out, MANIFEST_FILE)
     cfg = model_cfg
     bb = cfg.backbone
     model = model.eval()
@@ -352,10 +371,7 @@ def write_bundle(
     text = freeze(model, class_name, ref_images, per_position=prior != "none")
     module = FiloExportModule(model, text, box_prior=prior).eval()
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex}.tmp"
-    tmp.mkdir()
-    try:
+    with staged_bundle(out) as tmp:
         onnx_path = export_onnx(module, check_images[:2].to(device), tmp / MODEL_FILE, opset=opset, deform=deform,
                                 external_data=external_data)
         shapes = _check_shapes(onnx_output_shapes(onnx_path), cfg, prior)
@@ -365,49 +381,18 @@ def write_bundle(
 
         fewshot: dict[str, Any] = {"layers": list(cfg.fewshot.memory_layers), "file": None, "num_references": 0}
         if ref_images is not None:
-            outputs = run_onnx(onnx_path, ref_images.numpy())
-            tokens = {layer: outputs[f"tokens_{layer}"] for layer in cfg.fewshot.memory_layers}
-            _references_npz(tmp / REFERENCES_FILE, tokens, ref_paths)
+            _graph_references(onnx_path, ref_images, cfg.fewshot.memory_layers, ref_paths, tmp / REFERENCES_FILE)
             fewshot.update(file=REFERENCES_FILE, num_references=len(ref_paths))
 
-        if approximation_images:
-            measure_on = load_reference_images([Path(p) for p in approximation_images], cfg)
-            measured = f"{len(measure_on)} given images"
-        else:
-            measure_on, measured = check_images, parity["inputs"]
+        measure_on, measured = _approximation_inputs(approximation_images, cfg, check_images, parity["inputs"])
         approximation = frozen_text_error(model, class_name, measure_on.to(device), text=text, box_prior=prior)
         approximation["inputs"] = measured
         log.info("frozen text vs exact model: %s", approximation)
 
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
-        meta = dict(checkpoint_meta or {})
-        if not meta.get("backbone_fingerprint"):
-            from fgad.train.checkpoint import backbone_fingerprint
-
-            meta["backbone_fingerprint"] = backbone_fingerprint(model)
+        meta = _checkpoint_meta(checkpoint_meta, model)
         manifest: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "fgad_version": __version__,
-            "created": _utc_now(),
-            "class_name": class_name,
-            "engine": {
-                "kind": "onnx",
-                "file": MODEL_FILE,
-                "opset": opset,
-                "precision": "fp32",
-                "tensorrt_version": None,
-                "compute_capability": None,
-                "external_data": [f for f in files if f.startswith(MODEL_FILE + ".")] or None,
-            },
-            "input": {
-                "name": INPUT_NAME,
-                "size": bb.image_size,
-                "layout": "NCHW",
-                "color": "RGB",
-                "resize": "bicubic",
-                "mean": list(bb.mean),
-                "std": list(bb.std),
-            },
+            **_manifest_head(class_name, opset, files, bb),
             "outputs": shapes,
             "grid": bb.grid,
             "fewshot": fewshot,
@@ -429,8 +414,4 @@ def write_bundle(
             "sha256": {name: sha256_file(tmp / name) for name in files},
         }
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
-        _install(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -12,13 +12,11 @@ model's input size. Only the model's own class can be evaluated.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from fgad.finegrained.combined import CombinedModel
 from fgad.finegrained.model import FineGrainedAD
@@ -52,10 +50,8 @@ def evaluate_class_fgad(
     progress: bool = True,
 ) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, Any]]:
     """Metrics, per-image predictions and run info, as :func:`fgad.evaluation.evaluate_class` returns them."""
-    from fgad.data.datasets import discover, load_sample_raw
-    from fgad.data.transforms import preprocess, preprocess_mask
-    from fgad.evaluation import _overlay_picks, _subsample, _write_overlay, choose_shots
-    from fgad.metrics import compute_metrics
+    from fgad.data.datasets import discover
+    from fgad.evaluation import _score_samples, _test_samples, choose_shots
 
     if class_name != model.class_name:
         raise ValueError(
@@ -64,8 +60,7 @@ def evaluate_class_fgad(
         )
     if getattr(settings, "box_prior", "none") != "none":
         raise ValueError(f"--box-prior {settings.box_prior}: FineGrainedAD has no box prior; leave it at 'none'")
-    bb = model.cfg.backbone
-    size, out_size = bb.image_size, model.output_size
+    out_size = model.output_size
     model.eval()
     info: dict[str, Any] = {}
     if settings.shots > 0:
@@ -79,54 +74,21 @@ def evaluate_class_fgad(
         load_references(model, list(model.reference_paths))
         info["references_from"] = "the checkpoint's training shots"
     info["reference_images"] = list(model.reference_paths)
-    samples = discover(root, "test", [class_name])
-    if settings.max_images is not None:
-        samples = _subsample(samples, settings.max_images)
-    overlay_paths = _overlay_picks(samples, settings.num_overlays)
-    names = model.pair_names
-
-    labels: list[int] = []
-    scores: list[float] = []
-    maps: list[np.ndarray] = []
-    masks: list[np.ndarray] = []
-    predictions: list[dict[str, Any]] = []
-    started = time.perf_counter()
-    chunks = [samples[i : i + settings.batch_size] for i in range(0, len(samples), settings.batch_size)]
     label = "FiLo++ + FineGrainedAD" if model.method == "combined" else "FineGrainedAD"
-    for chunk in tqdm(chunks, desc=f"eval {class_name} ({label})", disable=not progress, leave=False):
-        kept, images, gts = [], [], []
-        for s in chunk:
-            raw = load_sample_raw(s)
-            if raw is None:
-                continue
-            kept.append(s)
-            images.append(preprocess(raw[0], size, bb.mean, bb.std))
-            gts.append(preprocess_mask(raw[1], out_size))
-        if not kept:
-            continue
-        out = model(torch.from_numpy(np.stack(images)), class_name)
-        amap = out.anomaly_map.float().numpy()
-        for j, s in enumerate(kept):
-            labels.append(s.label)
-            scores.append(float(out.image_score[j]))
-            maps.append(amap[j].astype(np.float32))
-            masks.append(gts[j] > 0.5)
-            predictions.append({
-                "path": str(s.image_path),
-                "class": class_name,
-                "defect_type": s.defect_type,
-                "label": s.label,
-                "score": float(out.image_score[j]),
-                "global_prob": float(out.global_prob[j]),
-                "map_max": float(amap[j].max()),
-                "best_description": names[int(out.best_description[j])],
-            })
-            if out_dir is not None and s.image_path in overlay_paths:
-                _write_overlay(out_dir, class_name, s, amap[j], out_size, float(out.image_score[j]))
-    seconds = time.perf_counter() - started
-    if not labels:
-        raise ValueError(f"class {class_name!r}: no readable test images under {root}")
-    metrics = compute_metrics(np.array(labels), np.array(scores), np.stack(masks), np.stack(maps))
-    info.update({"images": len(labels), "seconds": seconds, "seconds_per_image": seconds / len(labels),
+    names = model.pair_names
+    metrics, predictions, seconds = _score_samples(
+        _test_samples(root, class_name, settings.max_images),
+        lambda x: model(x, class_name),
+        lambda out, j: {"best_description": names[int(out.best_description[j])]},
+        root=root,
+        class_name=class_name,
+        settings=settings,
+        backbone=model.cfg.backbone,
+        map_size=out_size,
+        out_dir=out_dir,
+        desc=f"eval {class_name} ({label})",
+        progress=progress,
+    )
+    info.update({"images": len(predictions), "seconds": seconds, "seconds_per_image": seconds / len(predictions),
                  "output_size": out_size, "method": model.method})
     return metrics, predictions, info

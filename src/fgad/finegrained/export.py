@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fgad import __version__
 from fgad.config import ModelConfig
 from fgad.finegrained.model import FineGrainedAD, choose_pairs, dual_path_features, fuse_and_score
 from fgad.models.backbone import ClipDualPath
@@ -117,12 +114,16 @@ def _check_shapes(shapes: dict[str, list[int | None]], cfg: ModelConfig) -> dict
     return expected
 
 
-def _torch_outputs(module: FgadExportModule, images: Tensor, batch_size: int = 4) -> dict[str, np.ndarray]:
-    parts: list[tuple[Tensor, ...]] = []
+def _pair_ties(module: nn.Module, images: Tensor, got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """For each image, whether the two chosen pairs' normal features are equally close to its global feature."""
+    from fgad.export.onnx_export import TIE_TOLERANCE
+
+    graph = cast(FgadExportModule, module)
     with torch.no_grad():
-        for start in range(0, images.shape[0], batch_size):
-            parts.append(module(images[start : start + batch_size]))
-    return {n: torch.cat([p[i] for p in parts]).cpu().numpy() for i, n in enumerate(module.output_names)}
+        g = dual_path_features(graph.backbone, images).global_normed
+        sims = (g @ graph.t_normal.T).cpu().numpy()
+    rows = np.arange(sims.shape[0])
+    return np.abs(sims[rows, got] - sims[rows, want]) <= TIE_TOLERANCE
 
 
 def check_fgad_parity(
@@ -130,42 +131,12 @@ def check_fgad_parity(
 ) -> dict[str, Any]:
     """onnxruntime vs PyTorch on ``images``: max |diff| per float output, pair-choice mismatches (ties excluded).
 
-    Raises :class:`fgad.export.onnx_export.ExportParityError` naming the first output beyond tolerance.
+    :func:`fgad.export.onnx_export.check_against_torch` with the pairs' tie rule; raises
+    :class:`fgad.export.onnx_export.ExportParityError` naming the first output beyond tolerance.
     """
-    from fgad.export.onnx_export import TIE_TOLERANCE, TOLERANCES, ExportParityError, _tolerance, run_onnx
+    from fgad.export.onnx_export import check_against_torch
 
-    tol = dict(TOLERANCES if tolerances is None else tolerances)
-    got_all = run_onnx(onnx_path, images.detach().cpu().numpy().astype(np.float32))
-    want_all = _torch_outputs(module, images)
-    report: dict[str, Any] = {}
-    failures: list[tuple[str, float, float]] = []
-    for name in module.output_names:
-        got, want = got_all[name], want_all[name]
-        if got.shape != want.shape:
-            raise ExportParityError(name, float("inf"), 0.0, {"shape_onnx": got.shape, "shape_torch": want.shape})
-        if name == "best_description":
-            with torch.no_grad():
-                g = dual_path_features(module.backbone, images).global_normed
-                sims = (g @ module.t_normal.T).cpu().numpy()
-            rows = np.arange(sims.shape[0])
-            tie = np.abs(sims[rows, got] - sims[rows, want]) <= TIE_TOLERANCE
-            mismatches = int(((got != want) & ~tie).sum())
-            report["best_description_mismatches"] = mismatches
-            report["best_description_ties"] = int(((got != want) & tie).sum())
-            if mismatches:
-                failures.append((name, float(mismatches), 0.0))
-            continue
-        diff = float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max()) if got.size else 0.0
-        report[f"max_abs_diff_{name}"] = diff
-        limit = _tolerance(name, tol)
-        if not diff <= limit:
-            failures.append((name, diff, limit))
-    report["images"] = int(images.shape[0])
-    report["tolerances"] = tol
-    if failures:
-        name, diff, limit = failures[0]
-        raise ExportParityError(name, diff, limit, report)
-    return report
+    return check_against_torch(module, onnx_path, images, tolerances, description_ties=_pair_ties)
 
 
 @torch.no_grad()
@@ -218,7 +189,8 @@ def write_fgad_bundle(
     (the model has no deformable convolution).
     """
     from fgad.export import bundle as B
-    from fgad.export.onnx_export import DEFAULT_OPSET, export_onnx, onnx_output_shapes, run_onnx
+    from fgad.export.bundle_io import check_target, staged_bundle
+    from fgad.export.onnx_export import DEFAULT_OPSET, export_onnx, onnx_output_shapes
 
     if text_mode != "frozen":
         raise ValueError(f"text_mode={text_mode!r}: a FineGrainedAD bundle holds its (exact) text pairs; use 'frozen'")
@@ -231,7 +203,7 @@ def write_fgad_bundle(
         )
     opset = DEFAULT_OPSET if opset is None else opset
     out = Path(out_dir)
-    B._prepare_target(out)
+    check_target(out, B.MANIFEST_FILE)
     cfg = model_cfg
     bb, fc = cfg.backbone, cfg.finegrained
     model = model.eval()
@@ -242,10 +214,7 @@ def write_fgad_bundle(
     device = next(model.parameters()).device
     module = FgadExportModule(model).eval()
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex}.tmp"
-    tmp.mkdir()
-    try:
+    with staged_bundle(out) as tmp:
         onnx_path = export_onnx(module, check_images[:2].to(device), tmp / B.MODEL_FILE, opset=opset, deform=deform,
                                 external_data=external_data)
         shapes = _check_shapes(onnx_output_shapes(onnx_path), cfg)
@@ -256,45 +225,21 @@ def write_fgad_bundle(
         fewshot: dict[str, Any] = {"layers": list(fc.gallery_layers), "file": None, "num_references": 0,
                                    "references_from": references_from}
         if ref_images is not None:
-            outputs = run_onnx(onnx_path, ref_images.numpy())
-            tokens = {layer: outputs[f"tokens_{layer}"] for layer in fc.gallery_layers}
-            B._references_npz(tmp / B.REFERENCES_FILE, tokens, ref_paths)
+            B._graph_references(onnx_path, ref_images, fc.gallery_layers, ref_paths, tmp / B.REFERENCES_FILE)
             fewshot.update(file=B.REFERENCES_FILE, num_references=len(ref_paths))
             model.set_reference_images(ref_images.to(device), [str(p) for p in ref_paths])
         else:
             model.clear_memory()
 
-        if approximation_images:
-            measure_on = B.load_reference_images([Path(p) for p in approximation_images], cfg)
-            measured = f"{len(measure_on)} given images"
-        else:
-            measure_on, measured = check_images, parity["inputs"]
+        measure_on, measured = B._approximation_inputs(approximation_images, cfg, check_images, parity["inputs"])
         approximation = frozen_pairs_error(model, module, measure_on.to(device))
         approximation["inputs"] = measured
 
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
-        meta = dict(checkpoint_meta or {})
-        if not meta.get("backbone_fingerprint"):
-            from fgad.train.checkpoint import backbone_fingerprint
-
-            meta["backbone_fingerprint"] = backbone_fingerprint(model)  # type: ignore[arg-type]
+        meta = B._checkpoint_meta(checkpoint_meta, model)
         names = list(model.pair_names)
         manifest: dict[str, Any] = {
-            "format_version": B.FORMAT_VERSION,
-            "fgad_version": __version__,
-            "created": B._utc_now(),
-            "class_name": class_name,
-            "engine": {
-                "kind": "onnx",
-                "file": B.MODEL_FILE,
-                "opset": opset,
-                "precision": "fp32",
-                "tensorrt_version": None,
-                "compute_capability": None,
-                "external_data": [f for f in files if f.startswith(B.MODEL_FILE + ".")] or None,
-            },
-            "input": {"name": "image", "size": bb.image_size, "layout": "NCHW", "color": "RGB", "resize": "bicubic",
-                      "mean": list(bb.mean), "std": list(bb.std)},
+            **B._manifest_head(class_name, opset, files, bb),
             "outputs": shapes,
             "grid": bb.grid,
             "fewshot": fewshot,
@@ -329,8 +274,4 @@ def write_fgad_bundle(
         from fgad.utils.atomic import atomic_write_json
 
         atomic_write_json(tmp / B.MANIFEST_FILE, manifest)
-        B._install(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
