@@ -278,12 +278,15 @@ def evaluate(
         all_predictions.extend(predictions)
         log.info("%s: %s", name, {k: round(v, 4) for k, v in metrics.items()})
     mean = mean_metrics(per_class)
+    used = {len(ci.get("reference_images") or []) for ci in info.values()}
+    shots_used = used.pop() if len(used) == 1 else settings.shots  # FineGrainedAD: its training shots by default
     result = {
         "per_class": per_class,
         "mean": mean,
         "settings": {
             "root": str(root),
             "shots": settings.shots,
+            "shots_used": shots_used,
             "seed": settings.seed,
             "box_prior": settings.box_prior,
             **({"box_model": settings.box_model} if settings.box_model else {}),
@@ -296,7 +299,7 @@ def evaluate(
     }
     if out is not None:
         atomic_write_json(out / "metrics.json", result)
-        title = f"# {model.cfg.name}, {settings.shots}-shot, {root}\n\n"
+        title = f"# {model.cfg.name}, {shots_used}-shot, {root}\n\n"
         atomic_write_text(out / "metrics.md", title + markdown_table(per_class, mean) + "\n")
         atomic_write_text(out / "predictions.jsonl", "".join(json.dumps(p) + "\n" for p in all_predictions))
     return result

@@ -139,5 +139,7 @@ def test_cli_train_then_eval(data_root: Path, tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert list(metrics["per_class"]) == [CLASS]
     assert metrics["classes"][CLASS]["references_from"] == "the checkpoint's training shots"
+    assert metrics["settings"]["shots_used"] == 2  # the 2 training shots, though --shots was not given
+    assert ", 2-shot, " in (tmp_path / "ev" / "metrics.md").read_text().splitlines()[0]
     res = runner.invoke(train_main, ["--config", "fgad-tiny", "--data", str(data_root), "--out", str(out)])
     assert res.exit_code != 0 and "--class-name" in res.output
