@@ -125,8 +125,14 @@ def test_collect_builds_the_readme(tmp_path: Path) -> None:
     (root / "cpu" / "README.md").write_text("older results\n")
     (root / "cpu" / "acc").mkdir()
     (root / "cpu" / "acc" / "accuracy.md").write_text("# Accuracy: tiny\n\n| class | 0-shot |\n|:---|---:|\n")
+    (root / "cpu" / "vitb16" / "NOTE.md").write_text("> fp32 only: int8 ran out of memory.\n")
+    (root / "cpu" / "int8").mkdir()
+    (root / "cpu" / "int8" / "int8_accuracy.md").write_text("# INT8 vs fp32\n\n| | fp32 |\n")
     text = collect(root)
     assert text.startswith("# Benchmark results")
+    assert "## vitb16-224 (fgad-tiny, 112 px), cpu\n\n> fp32 only: int8 ran out of memory.\n" in text
+    assert "> fp32 only" not in text.split("## vitb16-224")[0]  # the note stays in its own section
+    assert "## INT8 vs fp32" in text and "written by `benchmarks/int8_accuracy.py`" in text
     assert "## tiny-test (fgad-tiny, 112 px), cpu" in text and "## vitb16-224 (fgad-tiny, 112 px), cpu" in text
     assert "![latency by stage](cpu/tiny/bench.png)" in text
     assert "cpu/vitb16/bench.png" not in text  # no chart there

@@ -37,6 +37,10 @@ MARKDOWN_FILE = "bench.md"
 CHART_FILE = "bench.png"
 #: tables written by benchmarks/accuracy.py, included in the collected README as they are
 ACCURACY_FILE = "accuracy.md"
+#: Tables written by the other benchmark scripts, collected after the accuracy tables.
+OTHER_TABLES = ("int8_accuracy.md", "box_prior_ablation.md", "fgad_training.md")
+#: A hand-written note beside a bench.json (how the run was made, what went wrong), shown under its heading.
+NOTE_FILE = "NOTE.md"
 PLOT_EXTRA_MESSAGE = "charts need matplotlib: pip install 'fgad[plot]'"
 README_HEADER = """# Benchmark results
 
@@ -240,12 +244,20 @@ def collect(root: str | os.PathLike[str]) -> str:
         result = load_result(path)
         rel = path.parent.relative_to(base)
         chart = (rel / CHART_FILE).as_posix() if (path.parent / CHART_FILE).is_file() else None
-        sections.append(f"<!-- {rel.as_posix()}/{JSON_FILE} -->\n" + markdown_report(result, chart=chart, level=2))
-    for table in sorted(base.rglob(ACCURACY_FILE)):
+        text = markdown_report(result, chart=chart, level=2)
+        note = path.parent / NOTE_FILE
+        if note.is_file():
+            heading, _, rest = text.partition("\n")
+            text = f"{heading}\n\n{note.read_text().strip()}\n{rest}"
+        sections.append(f"<!-- {rel.as_posix()}/{JSON_FILE} -->\n" + text)
+    tables = [(t, "benchmarks/accuracy.py") for t in sorted(base.rglob(ACCURACY_FILE))]
+    tables += [(t, f"benchmarks/{t.stem}.py" if t.stem != "fgad_training" else "fgad-train / fgad-eval")
+               for name in OTHER_TABLES for t in sorted(base.rglob(name))]
+    for table, writer in tables:
         name = table.relative_to(base).as_posix()
         lines = table.read_text().strip().splitlines()
         body = "\n".join("#" + line if line.startswith("#") else line for line in lines)
-        sections.append(f"<!-- {name} -->\n{body}\n\n(from [{name}]({name}), written by `benchmarks/accuracy.py`)\n")
+        sections.append(f"<!-- {name} -->\n{body}\n\n(from [{name}]({name}), written by `{writer}`)\n")
     if not any(load_result(p)["device"].get("target") == "cuda" for p in files):
         sections.append(GPU_NOT_MEASURED)
     others = sorted(p.relative_to(base).as_posix() for p in base.rglob("README.md") if p.parent != base)
