@@ -37,6 +37,7 @@ from fgad.export.tensorrt_build import (
     build_engine,
 )
 from fgad.runtime import manifest as manifest_mod
+from fgad.runtime.manifest import engine as manifest_engine
 from tests.helpers.tensorrt import HAVE_TRT, hide_tensorrt
 from tests.runtime.fake_bundle import make_bundle
 
@@ -360,7 +361,9 @@ def stand_in(monkeypatch: pytest.MonkeyPatch) -> _Recorder:
     rec = _Recorder()
     module = _stand_in(rec)
     monkeypatch.setitem(sys.modules, "tensorrt", module)
+    # build_engine asks the package (fgad.runtime.manifest), the engine checks ask fgad.runtime.manifest.engine
     monkeypatch.setattr(manifest_mod, "detect_compute_capability", lambda: "8.7")
+    monkeypatch.setattr(manifest_engine, "detect_compute_capability", lambda: "8.7")
     return rec
 
 

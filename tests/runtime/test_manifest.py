@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fgad.runtime import manifest as manifest_mod
 from fgad.runtime.backends import available_backends, backend_class, select_backend
 from fgad.runtime.manifest import BundleError, check_graph, check_manifest, load_manifest
+from fgad.runtime.manifest import engine as manifest_engine
 from fgad.runtime.pipeline import Detector
 from tests.runtime.fake_bundle import FakeBundle, make_bundle
 
@@ -173,7 +173,7 @@ def test_onnx_backend_is_available_and_tensorrt_is_lazy() -> None:
 
 @pytest.fixture()
 def no_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = manifest_mod.importlib.util.find_spec
+    real = manifest_engine.importlib.util.find_spec
 
     def find_spec(name: str, *args: Any) -> Any:
         return None if name.split(".")[0] == "tensorrt" else real(name, *args)
@@ -203,7 +203,7 @@ def test_tensorrt_bundle_without_tensorrt(bundle: FakeBundle, no_tensorrt: None)
 
 def test_tensorrt_major_version_mismatch(bundle: FakeBundle, fake_tensorrt: types.ModuleType,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(manifest_mod, "detect_compute_capability", lambda: "8.7")
+    monkeypatch.setattr(manifest_engine, "detect_compute_capability", lambda: "8.7")
     _as_tensorrt(bundle, version="8.6.1")
     err = _error(bundle)
     assert err.field == "engine.tensorrt_version" and "8.6.1" in str(err) and "10.3.0" in str(err)
@@ -215,7 +215,7 @@ def test_tensorrt_major_version_mismatch(bundle: FakeBundle, fake_tensorrt: type
 
 def test_tensorrt_compute_capability_mismatch(bundle: FakeBundle, fake_tensorrt: types.ModuleType,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(manifest_mod, "detect_compute_capability", lambda: "8.6")
+    monkeypatch.setattr(manifest_engine, "detect_compute_capability", lambda: "8.6")
     _as_tensorrt(bundle, cc=[8, 7])
     err = _error(bundle)
     assert err.field == "engine.compute_capability" and "8.7" in str(err) and "8.6" in str(err)
@@ -229,7 +229,7 @@ def test_tensorrt_checks_are_skipped_for_onnx(bundle: FakeBundle, monkeypatch: p
     def boom() -> str:
         raise AssertionError("compute capability must not be queried for an onnx bundle")
 
-    monkeypatch.setattr(manifest_mod, "detect_compute_capability", boom)
+    monkeypatch.setattr(manifest_engine, "detect_compute_capability", boom)
     _check(bundle)
 
 
@@ -286,7 +286,7 @@ def test_manifest_consistent_but_graph_differs(bundle: FakeBundle) -> None:
 
 
 def test_onnx_bundle_without_onnxruntime(bundle: FakeBundle, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = manifest_mod.importlib.util.find_spec
+    real = manifest_engine.importlib.util.find_spec
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
     err = _error(bundle)
     assert err.field == "engine.kind" and "no installed backend" in str(err) and "pip install onnxruntime" in str(err)

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fgad.runtime import manifest as manifest_mod
 from fgad.runtime.backends import create_backend
 from fgad.runtime.backends.trt import TensorRTBackend
 from fgad.runtime.manifest import BundleError, PluginSpec, check_manifest, load_manifest, resolve_engine
+from fgad.runtime.manifest import engine as manifest_engine
 from fgad.runtime.pipeline import Detector
 from tests.helpers.tensorrt import HAVE_TRT, hide_tensorrt
 from tests.runtime.fake_bundle import FakeBundle, make_bundle, sha256
@@ -67,7 +67,7 @@ def fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     module.__spec__ = ModuleSpec("tensorrt", None)
     module.__version__ = "10.3.0.30"  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "tensorrt", module)
-    monkeypatch.setattr(manifest_mod, "detect_compute_capability", lambda: "8.7")
+    monkeypatch.setattr(manifest_engine, "detect_compute_capability", lambda: "8.7")
     return module
 
 
