@@ -57,9 +57,10 @@ def int8_bundle(bundle: Path, out: Path, calib_dir: Path | None, method: str = "
     import sys
 
     try:
-        if importlib.util.find_spec("fgad.calibration.bundle") is None:
-            return None, INT8_MISSING
-    except ImportError:  # the package itself is missing or blocked
+        missing = importlib.util.find_spec("fgad.calibration") is None  # None also when blocked in sys.modules
+    except (ImportError, ValueError):
+        missing = True
+    if missing:
         return None, INT8_MISSING
     cmd = [sys.executable, "-m", "fgad.cli.calibrate", "--bundle", str(bundle), "--out", str(out), "--method", method]
     if calib_dir is not None:
