@@ -114,9 +114,7 @@ def main(bundle_dir: Path | None, config_name: str | None, backends: tuple[str, 
     setup_logging(verbose)
     import logging
 
-    for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._export", "torch._dynamo",
-                  "torch._inductor", "fgad.export"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("fgad.export").setLevel(logging.DEBUG if verbose else logging.WARNING)  # its bundles' logs
     if (bundle_dir is None) == (config_name is None):
         raise click.UsageError("pass exactly one of --bundle or --config")
     if images is None and (refs is not None or class_name is not None):

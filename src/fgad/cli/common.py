@@ -22,12 +22,20 @@ class _DropExpectedNotices(logging.Filter):
         return not str(record.msg).startswith("No pretrained weights loaded")
 
 
+#: Third-party loggers that are chatty at INFO: shown with -v only.
+NOISY_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._export", "torch._dynamo",
+                 "torch._inductor")
+
+
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # The ONNX exporter's passes log every step (initializer deduplication alone: hundreds of lines)
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
     if not verbose:
         logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # CPU-feature probing notices
         for handler in logging.getLogger().handlers:

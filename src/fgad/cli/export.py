@@ -106,10 +106,6 @@ def main(checkpoint: Path | None, class_name: str | None, bundle_dir: Path | Non
     if engine != "onnx":
         build.warn_early()
     setup_logging(verbose)
-    import logging
-
-    for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._export"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
     import torch
 
     from fgad.export.bundle import list_reference_images, resize_model, sha256_file, write_bundle
