@@ -58,21 +58,6 @@ def _split_train(paths: list[Path], shots: int, calib: int, seed: int) -> tuple[
     return refs, cal
 
 
-def _random_offsets(model: Any, seed: int) -> None:
-    """Non-zero MDCI offset/modulation convolutions (a fresh layer's are zero: an ordinary convolution), so the
-    deformable sampling is exercised as in a trained model: weights N(0, 0.02^2), biases N(0, 0.5^2) (offsets of
-    about half a pixel, modulation away from 0.5)."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for stage in model.mdci.stages:
-            for conv in stage.kernels:
-                w, b = conv.offset_conv.weight, conv.offset_conv.bias
-                w.copy_(torch.randn(w.shape, generator=gen) * 0.02)
-                b.copy_(torch.randn(b.shape, generator=gen) * 0.5)
-
-
 def _export_random(config: str, class_name: str, refs: list[Path], out: Path, seed: int, offsets: bool) -> Path:
     import torch
 
@@ -84,7 +69,7 @@ def _export_random(config: str, class_name: str, refs: list[Path], out: Path, se
     with torch.no_grad():
         model = build_model(cfg, seed=seed).eval()
         if offsets:
-            _random_offsets(model, seed)
+            model.mdci.randomize_offsets(seed)
         return write_bundle(out, model, cfg, class_name, refs)
 
 

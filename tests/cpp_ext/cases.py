@@ -90,8 +90,13 @@ def make_inputs(case: Case, seed: int = 0) -> dict[str, np.ndarray | None]:
 
 def torch_reference(case: Case, arrays: dict[str, np.ndarray | None]) -> np.ndarray:
     """torch.ops.fgad.deform_conv2d in float64 on the given (float32 or float16) values."""
-    t = {k: None if v is None else torch.from_numpy(v.astype(np.float64)) for k, v in arrays.items()}
-    out = torch.ops.fgad.deform_conv2d(
+    return reference_tensor(case, arrays).numpy()
+
+
+def reference_tensor(case: Case, arrays: dict[str, np.ndarray | None], device: str = "cpu") -> torch.Tensor:
+    """:func:`torch_reference` as a float64 tensor on ``device``."""
+    t = {k: None if v is None else torch.from_numpy(v.astype(np.float64)).to(device) for k, v in arrays.items()}
+    return torch.ops.fgad.deform_conv2d(
         t["x"],
         t["offset"],
         t["weight"],
@@ -103,4 +108,3 @@ def torch_reference(case: Case, arrays: dict[str, np.ndarray | None]) -> np.ndar
         case.groups,
         case.offset_groups,
     )
-    return out.numpy()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.cpp_ext.cases import CASES, FP32_ATOL, Case, case_id, make_inputs
+from tests.cpp_ext.cases import CASES, FP32_ATOL, Case, case_id, make_inputs, reference_tensor
 
 pytestmark = pytest.mark.gpu
 
@@ -50,22 +50,6 @@ def _run_cuda(lib: Any, deform_ctypes: ModuleType, case: Case, arrays: dict[str,
     return out
 
 
-def _reference(case: Case, arrays: dict[str, Any]) -> Any:
-    t = {k: None if v is None else torch.from_numpy(v.astype(np.float64)).cuda() for k, v in arrays.items()}
-    return torch.ops.fgad.deform_conv2d(
-        t["x"],
-        t["offset"],
-        t["weight"],
-        t["bias"],
-        t["mask"],
-        list(case.stride),
-        list(case.padding),
-        list(case.dilation),
-        case.groups,
-        case.offset_groups,
-    )
-
-
 MDCI_LIKE = Case(2, 96, 80, 37, 37, (7, 7), padding=(3, 3))  # several tiles on every axis, 4704 column rows
 #: For MDCI_LIKE the fp32 error is relative to the output scale: sampling positions are rounded to fp32
 #: (|y| ~ 40 -> ~4e-6 px) in every one of the 4704 terms. The CPU build of the same arithmetic measured
@@ -78,7 +62,7 @@ LONG_REDUCTION_RTOL = 1e-5
 def test_cuda_matches_torch_op(cuda_lib: Any, deform_ctypes: ModuleType, case: Case, algo_name: str) -> None:
     algo = {"tiled": deform_ctypes.ALGO_TILED, "direct": deform_ctypes.ALGO_DIRECT}[algo_name]
     arrays = make_inputs(case)
-    expected = _reference(case, arrays)
+    expected = reference_tensor(case, arrays, "cuda")
     got = _run_cuda(cuda_lib, deform_ctypes, case, arrays, half=False, algo=algo).double()
     assert got.shape == expected.shape
     assert not got.isnan().any(), "some outputs were never written"
@@ -86,7 +70,7 @@ def test_cuda_matches_torch_op(cuda_lib: Any, deform_ctypes: ModuleType, case: C
     assert (got - expected).abs().max().item() <= bound
 
     arrays16 = {k: None if v is None else v.astype(np.float16).astype(np.float32) for k, v in arrays.items()}
-    expected16 = _reference(case, arrays16)
+    expected16 = reference_tensor(case, arrays16, "cuda")
     got16 = _run_cuda(cuda_lib, deform_ctypes, case, arrays16, half=True, algo=algo)
     assert got16.dtype == torch.float16 and not got16.isnan().any()
     assert ((got16.double() - expected16).abs() <= expected16.abs() * FP16_RTOL + bound + FP16_ATOL).all()

@@ -42,13 +42,7 @@ def make_config(mini: bool = True, **prompts: Any) -> Config:
 def perturb_offsets(model: FiLoPlusPlus, seed: int = 0) -> FiLoPlusPlus:
     """Give the MDCI offset/modulation convs non-zero weights (a fresh layer is an ordinary conv),
     so the deformable sampling itself is exercised: fractional offsets and modulation != 1."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for stage in model.mdci.stages:
-            for conv in stage.kernels:
-                w, b = conv.offset_conv.weight, conv.offset_conv.bias
-                w.copy_(torch.randn(w.shape, generator=gen) * 0.02)
-                b.copy_(torch.randn(b.shape, generator=gen) * 0.5)
+    model.mdci.randomize_offsets(seed)
     return model
 
 

@@ -56,6 +56,18 @@ class MDCIHead(nn.Module):
     def forward(self, vv_tokens: tuple[torch.Tensor, ...]) -> list[list[torch.Tensor]]:
         return [stage(tokens) for stage, tokens in zip(self.stages, vv_tokens, strict=True)]
 
+    @torch.no_grad()
+    def randomize_offsets(self, seed: int = 0) -> None:
+        """Non-zero offset/modulation convolutions, as in a trained model (a fresh layer's are zero, which makes
+        it an ordinary convolution), so tests and benchmarks exercise the deformable sampling: weights
+        N(0, 0.02^2), biases N(0, 0.5^2) (offsets of about half a pixel, modulation away from 0.5)."""
+        gen = torch.Generator().manual_seed(seed)
+        for stage in self.stages:
+            for conv in stage.kernels:
+                w, b = conv.offset_conv.weight, conv.offset_conv.bias
+                w.copy_(torch.randn(w.shape, generator=gen) * 0.02)
+                b.copy_(torch.randn(b.shape, generator=gen) * 0.5)
+
 
 class Adapter(nn.Module):
     """a(x) = x + SiLU(W2 ReLU(W1 x)), no biases (the released FiLo adapter, residual kept)."""
