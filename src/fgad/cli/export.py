@@ -282,18 +282,16 @@ def _engine_for_bundle(bundle: Path, build: _EngineRequest, refs_dir: Path | Non
                f"{info.compute_capability}, {info.layers} layers, {info.engine_bytes / 1e6:.1f} MB, batch "
                f"{info.min_batch}..{info.max_batch}, built in {info.build_seconds:.0f} s)")
     click.echo(f"parity TensorRT {info.precision} vs onnxruntime on {what}:")
+    from fgad.export.bundle_io import parity_tolerance
+
     for key, value in parity.items():
         if key.startswith("max_abs_diff_"):
             name = key[len("max_abs_diff_"):]
-            click.echo(f"  {name}: max |diff| {value:.3g} (tolerance {_tolerance(name, parity['tolerances']):.3g})")
+            limit = parity_tolerance(name, parity["tolerances"], 0.0)
+            click.echo(f"  {name}: max |diff| {value:.3g} (tolerance {limit:.3g})")
         elif key.startswith("agreement_"):
             click.echo(f"  {key[len('agreement_'):]}: {value:.1%} agree")
 
-
-def _tolerance(name: str, tolerances: dict[str, float]) -> float:
-    if name in tolerances:
-        return tolerances[name]
-    return tolerances.get("tokens" if name.startswith("tokens_") else "default", tolerances.get("default", 0.0))
 
 
 def _coverage_note(onnx_path: Path, build: _EngineRequest) -> None:

@@ -23,7 +23,20 @@ import numpy as np
 
 from fgad.utils.atomic import atomic_path
 
-__all__ = ["check_target", "replace_dir", "staged_bundle", "utc_timestamp", "write_references_npz"]
+__all__ = ["check_target", "parity_tolerance", "replace_dir", "staged_bundle", "utc_timestamp", "write_references_npz"]
+
+
+def parity_tolerance(name: str, tolerances: Mapping[str, float], fallback: float | None = None) -> float:
+    """The tolerance of output ``name`` in a parity check (the manifest's ``parity.tolerances``): its own entry,
+    else ``tokens`` for the ``tokens_<layer>`` outputs, else ``default``, else ``fallback`` (None: ``default``
+    must be there)."""
+    if name in tolerances:
+        return tolerances[name]
+    if name.startswith("tokens_") and "tokens" in tolerances:
+        return tolerances["tokens"]
+    if fallback is None or "default" in tolerances:
+        return tolerances["default"]
+    return fallback
 
 
 def check_target(out: Path, manifest_file: str = "manifest.json") -> None:

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from fgad.export.bundle_io import parity_tolerance
 from fgad.export.deform_flavours import PLUGIN_ID, deformconv_to_plugin, normalize_deform
 from fgad.export.op_coverage import MIN_TENSORRT, CoverageReport, check_tensorrt_coverage
 from fgad.export.tensorrt_build import (
@@ -112,13 +113,6 @@ def synthetic_images(size: int, count: int = SYNTHETIC_IMAGES, seed: int = SYNTH
     return np.random.default_rng(seed).standard_normal((count, 3, size, size)).astype(np.float32)
 
 
-def _tolerance(name: str, tolerances: Mapping[str, float]) -> float:
-    if name in tolerances:
-        return tolerances[name]
-    if name.startswith("tokens_") and "tokens" in tolerances:
-        return tolerances["tokens"]
-    return tolerances["default"]
-
 
 def compare_engine(
     engine: Any, reference: Any, images: np.ndarray, precision: str, tolerances: Mapping[str, float] | None = None
@@ -149,7 +143,7 @@ def compare_engine(
             continue
         diff = float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max()) if want.size else 0.0
         report[f"max_abs_diff_{name}"] = diff
-        limit = _tolerance(name, tol)
+        limit = parity_tolerance(name, tol)
         if not diff <= limit:  # also catches NaN
             failures.append((name, diff, limit))
     if failures:

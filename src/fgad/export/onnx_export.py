@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fgad.export.bundle_io import parity_tolerance
 from fgad.export.deform_flavours import (
     DEFORM_FLAVOURS,
     PLUGIN_DOMAIN,
@@ -422,13 +423,6 @@ def run_onnx(onnx_path: str | os.PathLike[str], images: np.ndarray, batch_size: 
     return {n: np.concatenate(v, axis=0) for n, v in parts.items()}
 
 
-def _tolerance(name: str, tolerances: dict[str, float]) -> float:
-    if name in tolerances:
-        return tolerances[name]
-    if name.startswith("tokens_") and "tokens" in tolerances:
-        return tolerances["tokens"]
-    return tolerances.get("default", TOLERANCES["default"])
-
 
 #: ``(module, images, onnx choice, torch choice) -> bool [B]``: the two choices are equally good for that image.
 TieCheck = Callable[[nn.Module, torch.Tensor, np.ndarray, np.ndarray], np.ndarray]
@@ -493,7 +487,7 @@ def check_against_torch(
             continue
         diff = float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max()) if got.size else 0.0
         report[f"max_abs_diff_{name}"] = diff
-        limit = _tolerance(name, tol)
+        limit = parity_tolerance(name, tol, TOLERANCES["default"])
         if not diff <= limit:  # also catches NaN
             failures.append((name, diff, limit))
     report["images"] = int(images.shape[0])
