@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from fgad.calibration.images import list_calibration_images, preprocess_images
+from fgad.calibration.images import list_calibration_images, preprocess_images, seeded_subset
 from fgad.calibration.qdq import DEFAULT_KEEP_FLOAT, DEFAULT_PERCENTILE, KeepFloat, QuantizationReport, quantize_qdq
 from fgad.export.bundle_io import check_target, staged_bundle, utc_timestamp, write_references_npz
 from fgad.runtime.manifest import BundleError, Manifest, check_manifest, file_sha256, load_manifest
@@ -87,10 +87,7 @@ def calibration_paths(
             f"{root}: cannot calibrate from the bundle's own images: {why}; at least {MIN_CALIBRATION_IMAGES} are "
             "needed. Pass --calib-dir with a folder of normal (defect-free) images of the class"
         )
-    if limit is not None and limit < len(found):
-        picked = np.random.default_rng(seed).choice(len(found), size=int(limit), replace=False)
-        found = [found[i] for i in sorted(picked.tolist())]
-    return found, "the bundle's reference images"
+    return seeded_subset(found, limit, seed), "the bundle's reference images"
 
 
 def _prepare_target(out: Path, src: Path) -> None:

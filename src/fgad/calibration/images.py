@@ -16,7 +16,21 @@ import numpy as np
 from fgad.data.io import IMAGE_EXTENSIONS, read_image
 from fgad.data.transforms import preprocess
 
-__all__ = ["ImageCalibrationReader", "list_calibration_images", "preprocess_images", "read_calibration_images"]
+__all__ = [
+    "ImageCalibrationReader",
+    "list_calibration_images",
+    "preprocess_images",
+    "read_calibration_images",
+    "seeded_subset",
+]
+
+
+def seeded_subset(paths: list[Path], limit: int | None, seed: int) -> list[Path]:
+    """At most ``limit`` of ``paths``, drawn with ``seed`` and kept in their order (all of them without a limit)."""
+    if limit is None or limit >= len(paths):
+        return paths
+    picked = np.random.default_rng(seed).choice(len(paths), size=int(limit), replace=False)
+    return [paths[i] for i in sorted(picked.tolist())]
 
 
 def list_calibration_images(
@@ -45,10 +59,7 @@ def list_calibration_images(
             f"calibration folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)}); pass a folder of normal "
             "(defect-free) images of the class, e.g. <root>/<class>/train/good"
         )
-    if limit is not None and limit < len(files):
-        picked = np.random.default_rng(seed).choice(len(files), size=int(limit), replace=False)
-        files = [files[i] for i in sorted(picked.tolist())]
-    return files
+    return seeded_subset(files, limit, seed)
 
 
 def preprocess_images(
