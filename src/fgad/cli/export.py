@@ -219,11 +219,10 @@ class _EngineRequest:
 
 
 def _preprocessed(paths: Sequence[Path], manifest: Any) -> np.ndarray:
-    from fgad.data.io import read_image
-    from fgad.data.transforms import preprocess
+    from fgad.calibration.images import preprocess_images
 
     spec = manifest.input
-    return np.stack([preprocess(read_image(p), spec.size, spec.mean, spec.std) for p in paths]).astype(np.float32)
+    return preprocess_images(paths, spec.size, spec.mean, spec.std, progress=False)
 
 
 def _check_images(bundle: Path, manifest: Any, refs_dir: Path | None,
