@@ -65,7 +65,7 @@ def _sha256(path: Path) -> str:
 def _load_model(checkpoint: Path | None, config_name: str | None, pretrained: str | None) -> tuple[Any, dict]:
     """The model and a record of its weights."""
     if checkpoint is not None:
-        from fgad.train.checkpoint import WEIGHTS_FILE, load_checkpoint
+        from fgad.methods.filo.checkpoint import WEIGHTS_FILE, load_checkpoint
 
         model, _, meta = load_checkpoint(checkpoint, pretrained=pretrained)
         weights = {"checkpoint": str(checkpoint), "checkpoint_sha256": _sha256(checkpoint / WEIGHTS_FILE),
@@ -73,7 +73,7 @@ def _load_model(checkpoint: Path | None, config_name: str | None, pretrained: st
                    "backbone_fingerprint": meta.get("backbone_fingerprint")}
         return model, weights
     from fgad.config import load_config
-    from fgad.models.build import build_model
+    from fgad.methods.filo.build import build_model
 
     cfg = load_config(str(config_name)).model
     model = build_model(cfg, pretrained=pretrained)
@@ -124,7 +124,7 @@ def main(checkpoint: Path | None, config_name: str | None, data_root: Path, out_
 
     from fgad.bench.device import git_commit, library_versions
     from fgad.evaluation import EvalSettings, evaluate
-    from fgad.utils.atomic import atomic_write_json, atomic_write_text
+    from fgad.core.atomic import atomic_write_json, atomic_write_text
 
     model, weights = _load_model(checkpoint, config_name, pretrained)
     names = split_classes(classes)

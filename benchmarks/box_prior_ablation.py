@@ -43,13 +43,13 @@ METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "pixel_f1_max"
 
 def _swin_t_grounding_dino(folder: Path) -> tuple[Any, Any]:
     """Grounding DINO with the released Swin-T / BERT-base architecture, random weights (latency, size)."""
-    from fgad.models._compat import import_grounding_dino
+    from fgad.backbone.compat import import_grounding_dino
 
     import_grounding_dino()
     import torch
     from transformers import BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection
 
-    from fgad.models.grounding import _tiny_vocab
+    from fgad.methods.filo.priors.grounding import _tiny_vocab
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(_tiny_vocab(())) + "\n", encoding="utf-8")
@@ -65,7 +65,7 @@ def _detector_folder(args: argparse.Namespace, work: Path) -> str:
     """--box-model, or a random detector saved in transformers format (so the real loading path runs)."""
     if args.box_model:
         return str(args.box_model)
-    from fgad.models.grounding import tiny_random_grounding_dino
+    from fgad.methods.filo.priors.grounding import tiny_random_grounding_dino
 
     folder = work / f"gdino-{args.gdino_arch}"
     if args.gdino_arch == "tiny":
@@ -136,13 +136,13 @@ def main() -> None:  # noqa: C901 - one measurement script, kept in one place
 
     from fgad.config import load_config
     from fgad.data.datasets import discover
-    from fgad.data.io import read_image
+    from fgad.core.io import read_image
     from fgad.evaluation import _subsample, choose_shots
     from fgad.export.bundle import write_bundle
-    from fgad.models.build import build_model
-    from fgad.models.grounding import GroundingDinoPrior, export_grounding_onnx
+    from fgad.methods.filo.build import build_model
+    from fgad.methods.filo.priors.grounding import GroundingDinoPrior, export_grounding_onnx
     from fgad.runtime.pipeline import Detector
-    from fgad.utils.atomic import atomic_write_json, atomic_write_text
+    from fgad.core.atomic import atomic_write_json, atomic_write_text
 
     overrides = {"model": {"backbone": {"pretrained": args.pretrained}}}
     cfg = load_config(args.config, overrides).model
@@ -192,7 +192,7 @@ def main() -> None:  # noqa: C901 - one measurement script, kept in one place
             gdino_session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     bb = cfg.backbone
-    from fgad.data.transforms import preprocess
+    from fgad.core.transforms import preprocess
 
     def run_gdino(frame: np.ndarray) -> tuple[float, float]:
         """(detector seconds, box selection seconds) for one frame."""

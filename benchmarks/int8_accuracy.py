@@ -63,7 +63,7 @@ def _export_random(config: str, class_name: str, refs: list[Path], out: Path, se
 
     from fgad.config import load_config
     from fgad.export.bundle import write_bundle
-    from fgad.models.build import build_model
+    from fgad.methods.filo.build import build_model
 
     cfg = load_config(config, {"model": {"backbone": {"pretrained": None}}}).model
     with torch.no_grad():
@@ -146,11 +146,11 @@ def main(config: str | None, bundle_dir: Path | None, root: Path, class_name: st
     from fgad.calibration.qdq import DEFAULT_KEEP_FLOAT
     from fgad.calibration.sensitivity import compare_results, pearson_rows
     from fgad.data.datasets import discover, load_sample_raw
-    from fgad.data.io import read_image
-    from fgad.data.transforms import preprocess_mask
-    from fgad.metrics import image_auroc, pixel_auroc
+    from fgad.core.io import read_image
+    from fgad.core.transforms import preprocess_mask
+    from fgad.core.metrics import image_auroc, pixel_auroc
     from fgad.runtime.pipeline import Detector
-    from fgad.utils.atomic import atomic_write_json, atomic_write_text
+    from fgad.core.atomic import atomic_write_json, atomic_write_text
 
     train = sorted(s.image_path for s in discover(root, "train", [class_name]))
     refs, calib_paths = _split_train(train, shots if config else 0, calib, seed)

@@ -37,7 +37,7 @@ import numpy as np
 
 
 def _frames(args: argparse.Namespace, size: int) -> tuple[list[np.ndarray], list[Path]]:
-    from fgad.data.io import IMAGE_EXTENSIONS, read_image
+    from fgad.core.io import IMAGE_EXTENSIONS, read_image
 
     if args.images:
         paths = sorted(p for p in Path(args.images).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
@@ -79,14 +79,14 @@ def main() -> None:
     import torch
 
     from fgad.config import load_config
-    from fgad.data.io import read_image
-    from fgad.data.transforms import preprocess
+    from fgad.core.io import read_image
+    from fgad.core.transforms import preprocess
     from fgad.export.bundle import load_reference_images, write_bundle
-    from fgad.export.frozen_text import freeze_text
-    from fgad.export.wrapper import FiloExportModule
-    from fgad.models.build import build_model
+    from fgad.methods.filo.frozen_text import freeze_text
+    from fgad.methods.filo.export_module import FiloExportModule
+    from fgad.methods.filo.build import build_model
     from fgad.runtime.pipeline import Detector
-    from fgad.utils.atomic import atomic_write_json
+    from fgad.core.atomic import atomic_write_json
 
     banks: dict = {"model": {"prompts": {"banks": ["synthetic"]}}} if not args.images else {}
     overrides = {"model": {**banks.get("model", {}), "backbone": {"pretrained": None}}}

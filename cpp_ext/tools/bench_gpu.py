@@ -68,7 +68,7 @@ def make_inputs(
 def torch_reference(inputs: dict[str, Any]) -> Any:
     import torch
 
-    import fgad.models.deform  # noqa: F401  (registers torch.ops.fgad.deform_conv2d)
+    import fgad.backbone.deform  # noqa: F401  (registers torch.ops.fgad.deform_conv2d)
 
     return torch.ops.fgad.deform_conv2d(
         inputs["x"],
@@ -210,7 +210,7 @@ def main(
             f"{row['kernel']:>6}  {row['impl']:<30} {row['dtype']:<5} {row['max_rel_diff']:>18.2e} {row['ms']:>9.3f}"
         )
     if json_path is not None:
-        from fgad.utils.atomic import atomic_write_json
+        from fgad.core.atomic import atomic_write_json
 
         payload = {"device": device, "batch": batch, "in_ch": in_ch, "out_ch": out_ch, "grid": grid, "rows": rows}
         atomic_write_json(json_path, payload)

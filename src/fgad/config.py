@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from fgad.finegrained.config import FineGrainedConfig, finegrained_config_problems
+from fgad.methods.finegrained.config import FineGrainedConfig, finegrained_config_problems
 
 T = TypeVar("T")
 

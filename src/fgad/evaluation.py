@@ -21,14 +21,14 @@ import torch
 from tqdm import tqdm
 
 from fgad.config import BackboneConfig
+from fgad.core.atomic import atomic_write_json, atomic_write_text
+from fgad.core.cells import POSITIONS
+from fgad.core.metrics import compute_metrics, markdown_table, mean_metrics
+from fgad.core.transforms import preprocess, preprocess_mask, resize_image
 from fgad.data.datasets import Sample, discover, load_sample_arrays, load_sample_raw
-from fgad.data.fusdes import POSITIONS
-from fgad.data.transforms import preprocess, preprocess_mask, resize_image
-from fgad.metrics import compute_metrics, markdown_table, mean_metrics
-from fgad.models.boxprior import BoxPrior, BoxPriorResult, build_box_prior
-from fgad.models.filo import FiLoPlusPlus
+from fgad.methods.filo.model import FiLoPlusPlus
+from fgad.methods.filo.priors.base import BoxPrior, BoxPriorResult, build_box_prior
 from fgad.runtime.overlay import render_panel, save_image_rgb
-from fgad.utils.atomic import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class EvalSettings:
     seed: int = 0
     batch_size: int = 4
     num_overlays: int = 8  # overlay PNGs per class (spread over defect types and good images)
-    box_prior: str = "none"  # none | objectness | grounding-dino (fgad.models.boxprior)
+    box_prior: str = "none"  # none | objectness | grounding-dino (fgad.methods.filo.priors.base)
     box_model: str | None = None  # grounding-dino: Hugging Face model id or local folder (overrides the config)
     max_images: int | None = None  # per class, for quick looks; None = all
     extra: dict[str, Any] = field(default_factory=dict)
@@ -97,7 +97,7 @@ def evaluate_class(
     progress: bool = True,
 ) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, Any]]:
     if getattr(model, "method", "filo") in ("finegrained", "combined"):  # per-class few-shot model (+ FiLo++)
-        from fgad.finegrained.evaluate import evaluate_class_fgad
+        from fgad.methods.finegrained.evaluate import evaluate_class_fgad
 
         return evaluate_class_fgad(model, root, class_name, settings, out_dir, progress)  # type: ignore[arg-type]
     bb = model.cfg.backbone

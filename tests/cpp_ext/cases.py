@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-import fgad.models.deform  # noqa: F401  (registers torch.ops.fgad.deform_conv2d)
+import fgad.backbone.deform  # noqa: F401  (registers torch.ops.fgad.deform_conv2d)
 
 #: Largest accepted |native - reference| for fp32 outputs (reference: the torch op in float64).
 FP32_ATOL = 1e-5

@@ -4,7 +4,7 @@ the project's PyTorch op.
 The CPU library runs the same ``__host__ __device__`` functions as the CUDA kernels, both algorithms
 (direct: one output element per thread; tiled: the block steps of the implicit-GEMM kernel, run
 thread by thread). Ground truth is ``torch.ops.fgad.deform_conv2d`` evaluated in float64 on the same
-float32 inputs (itself checked against the explicit loop reference in tests/unit/test_deform.py), and
+float32 inputs (itself checked against the explicit loop reference in tests/backbone/test_deform.py), and
 the loop reference directly for one case. Tolerance: 1e-5 absolute in fp32 (``FP32_ATOL``).
 """
 

@@ -15,7 +15,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from tests.cpp_ext.conftest import CPP_EXT_DIR
+from tests.helpers.cpp_ext import CPP_EXT_DIR
 
 
 def _nvcc_or_skip(deform_ctypes: ModuleType) -> str:
@@ -122,7 +122,7 @@ def test_cmake_builds_the_kernel_targets(deform_ctypes: ModuleType, tmp_path: Pa
     got = lib.run_cpu(shape, x, w, offset)
     import torch
 
-    import fgad.models.deform  # noqa: F401
+    import fgad.backbone.deform  # noqa: F401
 
     expected = torch.ops.fgad.deform_conv2d(
         torch.from_numpy(x).double(),

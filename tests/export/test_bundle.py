@@ -24,13 +24,13 @@ from fgad.export.bundle import (
     sha256_file,
     write_bundle,
 )
-from fgad.export.frozen_text import freeze_text
 from fgad.export.onnx_export import TOLERANCES, ExportParityError, check_against_torch, run_onnx
-from fgad.export.wrapper import FiloExportModule
-from fgad.models.filo import FiLoPlusPlus
-from fgad.train.checkpoint import WEIGHTS_FILE, load_checkpoint, save_checkpoint
+from fgad.methods.filo.checkpoint import WEIGHTS_FILE, load_checkpoint, save_checkpoint
+from fgad.methods.filo.export_module import FiloExportModule
+from fgad.methods.filo.frozen_text import freeze_text
+from fgad.methods.filo.model import FiLoPlusPlus
 
-from .conftest import CLASS_NAME, make_config, make_images
+from tests.helpers.tiny import CLASS_NAME, make_config, make_images
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,13 @@ from click.testing import CliRunner
 
 from fgad.cli.export import main as export_main
 from fgad.export.bundle import list_reference_images, load_reference_images, write_bundle
-from fgad.export.frozen_text import freeze_text, freeze_text_bank
 from fgad.export.onnx_export import TOLERANCES, check_against_torch
-from fgad.export.wrapper import FiloExportModule
-from fgad.models.filo import FiLoPlusPlus
-from fgad.train.checkpoint import save_checkpoint
+from fgad.methods.filo.checkpoint import save_checkpoint
+from fgad.methods.filo.export_module import FiloExportModule
+from fgad.methods.filo.frozen_text import freeze_text, freeze_text_bank
+from fgad.methods.filo.model import FiLoPlusPlus
 
-from .conftest import CLASS_NAME, make_config, make_images, make_model
+from tests.helpers.tiny import CLASS_NAME, make_config, make_images, make_model
 
 pytestmark = pytest.mark.slow
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from fgad.backbone.deform import ModulatedDeformConv2d
 from fgad.export.onnx_export import (
     ExportParityError,
     check_against_torch,
@@ -22,7 +23,6 @@ from fgad.export.onnx_export import (
     onnx_output_shapes,
     run_onnx,
 )
-from fgad.models.deform import ModulatedDeformConv2d
 
 
 class DeformLayer(nn.Module):

@@ -167,13 +167,13 @@ def test_subgraphs_are_walked(tmp_path: Path) -> None:
 def mini_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The mini tiny-test model (every op type of the full graph) in each flavour and text mode, and its Q/DQ
     graph."""
-    import fgad.models._compat  # noqa: F401 - open_clip needs the torchvision shim
+    import fgad.backbone.compat  # noqa: F401 - open_clip needs the torchvision shim
     from fgad.export.deform_flavours import deformconv_to_plugin
-    from fgad.export.frozen_text import freeze_text, freeze_text_bank
     from fgad.export.onnx_export import export_onnx
-    from fgad.export.wrapper import FiloExportModule
+    from fgad.methods.filo.export_module import FiloExportModule
+    from fgad.methods.filo.frozen_text import freeze_text, freeze_text_bank
 
-    from .conftest import CLASS_NAME, make_config, make_images, make_model
+    from tests.helpers.tiny import CLASS_NAME, make_config, make_images, make_model
 
     model = make_model(make_config())
     module = FiloExportModule(model, freeze_text(model, CLASS_NAME, None)).eval()

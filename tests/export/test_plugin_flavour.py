@@ -18,6 +18,7 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
+from fgad.backbone.deform import ModulatedDeformConv2d
 from fgad.export.deform_flavours import (
     PLUGIN_DOMAIN,
     PLUGIN_OP,
@@ -27,7 +28,6 @@ from fgad.export.deform_flavours import (
     plugin_to_deformconv,
 )
 from fgad.export.onnx_export import check_against_torch, export_onnx, run_onnx
-from fgad.models.deform import ModulatedDeformConv2d
 
 KERNEL = (1, 5)  # asymmetric: pads (0, 2) must become [top, left, bottom, right] = [0, 2, 0, 2]
 

@@ -27,6 +27,8 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
+import fgad.bundle as manifest_mod
+from fgad.bundle import engine as manifest_engine
 from fgad.cli.export import main as export_main
 from fgad.export import engine_bundle, tensorrt_build
 from fgad.export.engine_bundle import ENGINE_FILE, add_engine, compare_engine
@@ -36,10 +38,8 @@ from fgad.export.tensorrt_build import (
     TensorRTUnavailableError,
     build_engine,
 )
-from fgad.runtime import manifest as manifest_mod
-from fgad.runtime.manifest import engine as manifest_engine
+from tests.helpers.fake_bundle import make_bundle
 from tests.helpers.tensorrt import HAVE_TRT, hide_tensorrt
-from tests.runtime.fake_bundle import make_bundle
 
 
 def _images(count: int, seed: int = 0) -> list[np.ndarray]:
@@ -135,9 +135,9 @@ def test_cli_argument_errors(tmp_path: Path) -> None:
 def test_cli_export_with_engine_but_no_tensorrt_still_writes_the_onnx_bundle(
     tmp_path: Path, refs_dir: Path, cocoop_model: Any, no_tensorrt: None
 ) -> None:
-    from fgad.train.checkpoint import save_checkpoint
+    from fgad.methods.filo.checkpoint import save_checkpoint
 
-    from .conftest import CLASS_NAME, make_config
+    from tests.helpers.tiny import CLASS_NAME, make_config
 
     checkpoint = save_checkpoint(tmp_path / "ckpt", cocoop_model, make_config(), pretrained=None)
     out = tmp_path / "bundle"
@@ -361,7 +361,7 @@ def stand_in(monkeypatch: pytest.MonkeyPatch) -> _Recorder:
     rec = _Recorder()
     module = _stand_in(rec)
     monkeypatch.setitem(sys.modules, "tensorrt", module)
-    # build_engine asks the package (fgad.runtime.manifest), the engine checks ask fgad.runtime.manifest.engine
+    # build_engine asks the package (fgad.bundle), the engine checks ask fgad.bundle.engine
     monkeypatch.setattr(manifest_mod, "detect_compute_capability", lambda: "8.7")
     monkeypatch.setattr(manifest_engine, "detect_compute_capability", lambda: "8.7")
     return rec

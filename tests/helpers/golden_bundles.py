@@ -1,8 +1,8 @@
 """Bundles written by the tiny models with fixed seeds, and what of them must never change unnoticed.
 
-``tests/data/golden/`` holds, for each variant of :data:`VARIANTS`, the ``manifest.json`` and the
+``tests/bundle/golden/`` holds, for each variant of :data:`VARIANTS`, the ``manifest.json`` and the
 graph's outputs on one fixed input (``outputs.npz``) of a bundle written before the package layout
-changed (``python -m tests.helpers.golden_bundles tests/data/golden`` regenerates them; do that only
+changed (``python -m tests.helpers.golden_bundles tests/bundle/golden`` regenerates them; do that only
 for an intended change of the bundles, and say so in the commit). ``tests/bundle/test_golden.py``
 writes the same bundles with the current code and compares.
 
@@ -41,7 +41,7 @@ def _synthetic_refs(root: Path, class_name: str) -> list[Path]:
 
 def _filo_model(box_prior: str = "none"):  # noqa: ANN202
     from fgad.config import load_config
-    from fgad.models.build import build_model
+    from fgad.methods.filo.build import build_model
 
     mini = {
         "prompts": {"banks": ["synthetic"]},
@@ -56,9 +56,9 @@ def _filo_model(box_prior: str = "none"):  # noqa: ANN202
 
 def _fgad_model():  # noqa: ANN202
     from fgad.config import load_config
-    from fgad.finegrained.captions import CaptionRecord, Entity
-    from fgad.finegrained.mllp import build_mllp_texts
-    from fgad.finegrained.model import build_finegrained
+    from fgad.methods.finegrained.captions.schema import CaptionRecord, Entity
+    from fgad.methods.finegrained.mllp import build_mllp_texts
+    from fgad.methods.finegrained.model import build_finegrained
 
     record = CaptionRecord(
         class_name="mesh", foreground="mesh", background="gray",
@@ -165,7 +165,8 @@ def write_golden(target: Path, scratch: Path) -> None:
         bundle = writer(scratch / name / "bundle", scratch / name / "data")
         folder = target / name
         folder.mkdir(exist_ok=True)
-        (folder / "manifest.json").write_text(json.dumps(comparable_manifest(bundle, scratch), indent=1, sort_keys=True) + "\n")
+        manifest = comparable_manifest(bundle, scratch)
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
         (folder / "graph.json").write_text(json.dumps(graph_summary(bundle), indent=0) + "\n")
         np.savez_compressed(folder / "outputs.npz", **graph_outputs(bundle))
 

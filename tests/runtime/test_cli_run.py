@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from fgad.cli.run import main
-from fgad.data.io import read_image
-from tests.runtime.fake_bundle import FakeBundle
+from fgad.core.io import read_image
+from tests.helpers.fake_bundle import FakeBundle
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -178,7 +178,7 @@ def test_fgad_run_works_without_torch(shared_bundle: FakeBundle, images: Path, g
 def test_runtime_modules_do_not_import_torch() -> None:
     code = (
         "import sys\n"
-        "import fgad.runtime.manifest, fgad.runtime.backends, fgad.runtime.backends.ort, fgad.runtime.backends.trt\n"
+        "import fgad.bundle, fgad.runtime.backends, fgad.runtime.backends.ort, fgad.runtime.backends.trt\n"
         "import fgad.runtime.knn, fgad.runtime.postprocess, fgad.runtime.pipeline, fgad.runtime.sources\n"
         "import fgad.runtime.overlay, fgad.cli.run\n"
         "from fgad.runtime.knn import PatchMemoryIndex\n"

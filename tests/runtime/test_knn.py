@@ -97,7 +97,7 @@ def test_multi_layer_mean_npz_roundtrip(tmp_path: Path) -> None:
 
 def test_matches_the_pytorch_reference() -> None:
     torch = pytest.importorskip("torch")
-    from fgad.models.fewshot import normalize_memory, patch_min_distance
+    from fgad.backbone.fewshot import normalize_memory, patch_min_distance
 
     tokens, memory = _data(4, 2, 49, 300, 32)
     ref = patch_min_distance(torch.from_numpy(tokens), normalize_memory(torch.from_numpy(memory)), chunk=64).numpy()

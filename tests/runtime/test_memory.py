@@ -11,7 +11,7 @@ import pytest
 
 from fgad.runtime.pipeline import Detector
 from fgad.runtime.sources import VideoSource
-from tests.runtime.fake_bundle import FakeBundle
+from tests.helpers.fake_bundle import FakeBundle
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
 

@@ -10,10 +10,10 @@ import onnxruntime as ort
 import pytest
 from scipy import ndimage
 
-from fgad.data.transforms import preprocess
-from fgad.runtime.manifest import BundleError
+from fgad.bundle import BundleError
+from fgad.core.transforms import preprocess
 from fgad.runtime.pipeline import AUTO_MARGIN_FRACTION, AUTO_MARGIN_MIN, Detector, Result
-from tests.runtime.fake_bundle import DESCRIPTIONS, FakeBundle, make_bundle
+from tests.helpers.fake_bundle import DESCRIPTIONS, FakeBundle, make_bundle
 
 
 def _reference_outputs(bundle: FakeBundle, image: np.ndarray, refs: list[np.ndarray]) -> tuple[np.ndarray, float]:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from fgad.runtime.postprocess import finish, gaussian_radius, gaussian_reflect, reflect_index, upsample_align_corners
+from fgad.core.smoothing import gaussian_radius, gaussian_reflect, reflect_index, upsample_align_corners
+from fgad.runtime.postprocess import finish
 
 
 @pytest.mark.parametrize("size", [1, 2, 7, 37, 112, 518])
@@ -31,7 +32,7 @@ def test_gaussian_radius_larger_than_the_map() -> None:
 
 def test_gaussian_matches_the_pytorch_module() -> None:
     torch = pytest.importorskip("torch")
-    from fgad.models.postprocess import GaussianBlur
+    from fgad.backbone.postprocess import GaussianBlur
 
     maps = np.random.default_rng(1).random((2, 37, 37), dtype=np.float32)
     ref = GaussianBlur(37, 4.0, 4.0)(torch.from_numpy(maps)[:, None])[:, 0].numpy()

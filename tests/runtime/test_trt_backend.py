@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fgad.runtime.backends import create_backend
+from fgad.bundle import BundleError, PluginSpec, load_manifest
+from fgad.bundle import engine as manifest_engine
+from fgad.runtime.backends import check_manifest, create_backend, resolve_engine
 from fgad.runtime.backends.trt import TensorRTBackend
-from fgad.runtime.manifest import BundleError, PluginSpec, check_manifest, load_manifest, resolve_engine
-from fgad.runtime.manifest import engine as manifest_engine
 from fgad.runtime.pipeline import Detector
+from tests.helpers.fake_bundle import FakeBundle, make_bundle, sha256
 from tests.helpers.tensorrt import HAVE_TRT, hide_tensorrt
-from tests.runtime.fake_bundle import FakeBundle, make_bundle, sha256
 
 PLUGIN = "plugins/libfgad_plugins.so"
 

@@ -242,7 +242,7 @@ def _run(spec: BenchSpec, work: Path) -> dict[str, Any]:
         bundle = export_bundle(model, class_name, workload.refs, work / "bundle-fp32", deform=spec.deform)
         timings["export_s"] = time.perf_counter() - t0
         from fgad.export.bundle import load_reference_images
-        from fgad.export.frozen_text import freeze_text
+        from fgad.methods.filo.frozen_text import freeze_text
 
         ref_tensor = load_reference_images(workload.refs, cfg) if workload.refs else None
         text = freeze_text(model, class_name, ref_tensor)
@@ -254,7 +254,7 @@ def _run(spec: BenchSpec, work: Path) -> dict[str, Any]:
     else:
         assert spec.bundle is not None
         bundle = Path(spec.bundle)
-        from fgad.runtime.manifest import load_manifest
+        from fgad.bundle import load_manifest
 
         manifest = load_manifest(bundle)
         size = manifest.input.size

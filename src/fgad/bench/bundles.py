@@ -22,7 +22,7 @@ def build_random_model(config: str, image_size: int | None = None, seed: int = 0
                        banks: Sequence[str] = ()) -> Any:
     """A FiLo++ model of ``config`` with random weights (latency does not depend on the weights' values)."""
     from fgad.config import load_config
-    from fgad.models.build import build_model
+    from fgad.methods.filo.build import build_model
 
     backbone: dict[str, Any] = {"pretrained": None}
     if image_size is not None:
@@ -105,8 +105,8 @@ def tensorrt_bundle(bundle: Path, out: Path, precision: str, calib_dir: Path | N
         if precision == "int8":
             if calib_dir is None:
                 return None, "trt int8: no calibration images (give --calib DIR)"
+            from fgad.bundle import load_manifest
             from fgad.calibration import read_calibration_images
-            from fgad.runtime.manifest import load_manifest
 
             spec = load_manifest(bundle).input
             calibration = read_calibration_images(calib_dir, spec.size, spec.mean, spec.std, limit=calib_limit)

@@ -3,7 +3,7 @@
 One FLOP is one multiply or one add, so a multiply-accumulate counts 2 (the convention of
 ``torch.utils.flop_counter`` and of vendor peak figures). Counted per image:
 
-* **encoder** (:class:`~fgad.models.backbone.ClipDualPath` as it runs: every block, since the
+* **encoder** (:class:`~fgad.backbone.dual_path.ClipDualPath` as it runs: every block, since the
   global feature needs the last one): patch embedding; per block the QKV projection, the two
   attention matmuls (``q k^T`` and ``A v``), the output projection and the MLP; from block
   ``vv_start`` on, the V-V path (``v v^T``, ``A v`` and a second output projection; its ``v`` is the
@@ -23,7 +23,7 @@ Not counted: layer norms, softmax, GELU, residual adds, normalisations, upsampli
 :data:`SAMPLING_FLOPS_PER_VALUE` (+1 for DCNv2 modulation) per sampled value; it is the only counted
 term that is not a matmul or convolution, so :attr:`FlopsBreakdown.matmul` (everything else) is what
 ``torch.utils.flop_counter.FlopCounterMode`` reports for the export graph under
-:func:`fgad.models.deform.exportable` with the math attention kernel.
+:func:`fgad.backbone.deform.exportable` with the math attention kernel.
 """
 
 from __future__ import annotations

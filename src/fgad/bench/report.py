@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from fgad.bench.stages import STAGES
-from fgad.utils.atomic import atomic_path, atomic_write_json, atomic_write_text
+from fgad.core.atomic import atomic_path, atomic_write_json, atomic_write_text
 
 __all__ = [
     "ACCURACY_FILE",

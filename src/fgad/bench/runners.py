@@ -3,7 +3,7 @@
 * :class:`DetectorRunner`: the torch-free :class:`~fgad.runtime.pipeline.Detector` on a bundle (ONNX
   Runtime fp32 or int8, TensorRT), exactly what ``fgad-run`` does per frame, plus decode and overlay.
 * :class:`TorchGraphRunner`: the bundle's computation in PyTorch: the export module
-  (:class:`~fgad.export.wrapper.FiloExportModule`, text frozen as in the bundle) for the engine stage,
+  (:class:`~fgad.methods.filo.export_module.FiloExportModule`, text frozen as in the bundle) for the engine stage,
   the few-shot search, fusion, smoothing and score in torch. Eager or ``torch.compile``; fp32, or fp16
   on CUDA. Same weights and frozen text as the bundle, so ``torch / ort`` is the engine's gain.
 * :class:`TorchModelRunner`: ``FiLoPlusPlus.forward`` as trained (the CoCoOp text encoded per image),
@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from fgad.bench.stages import StageTimer, detector_stage_ms
-from fgad.data.io import read_image
-from fgad.data.transforms import preprocess
+from fgad.core.io import read_image
+from fgad.core.transforms import preprocess
 from fgad.runtime.overlay import heatmap_overlay
 
 __all__ = ["DetectorRunner", "TorchGraphRunner", "TorchModelRunner", "torch_sync"]
@@ -97,7 +97,7 @@ class TorchGraphRunner:
 
     Args:
         model: the FiLo++ model the bundle was exported from (its blur and config are used).
-        text: the frozen text of the bundle (:func:`fgad.export.frozen_text.freeze_text`).
+        text: the frozen text of the bundle (:func:`fgad.methods.filo.frozen_text.freeze_text`).
         device: "cpu" or "cuda".
         precision: "fp32", or "fp16" (CUDA only).
         compile: wrap the graph module in ``torch.compile`` (compiled on the first call).
@@ -109,7 +109,7 @@ class TorchGraphRunner:
 
         import torch
 
-        from fgad.export.wrapper import FiloExportModule
+        from fgad.methods.filo.export_module import FiloExportModule
 
         if precision not in ("fp32", "fp16"):
             raise ValueError(f"the torch backend runs fp32 or fp16, not {precision!r}")
@@ -136,7 +136,7 @@ class TorchGraphRunner:
 
     def set_references(self, refs: Sequence[Path]) -> None:
         """Fill the memory with the normalised tokens the graph returns for ``refs`` (none: zero-shot)."""
-        from fgad.models.fewshot import normalize_memory
+        from fgad.backbone.fewshot import normalize_memory
 
         if not refs:
             self.memory = None
@@ -147,8 +147,8 @@ class TorchGraphRunner:
         self.memory = [normalize_memory(t) for t in tokens]
 
     def __call__(self, frames: Sequence[Path]) -> tuple[list[float], dict[str, float]]:
-        from fgad.models.fewshot import patch_min_distance
-        from fgad.models.postprocess import upsample
+        from fgad.backbone.fewshot import patch_min_distance
+        from fgad.backbone.postprocess import upsample
 
         torch = self.torch
         bb = self._bb

@@ -3,8 +3,8 @@
 =============  ==============================================================================
 stage          work
 =============  ==============================================================================
-``decode``     read and decode the image file (``fgad.data.io.read_image``)
-``preprocess`` resize + normalise (``fgad.data.transforms.preprocess``), batch assembly
+``decode``     read and decode the image file (``fgad.core.io.read_image``)
+``preprocess`` resize + normalise (``fgad.core.transforms.preprocess``), batch assembly
 ``engine``     the graph: ONNX Runtime / TensorRT session, or the PyTorch module
 ``fewshot``    nearest-neighbour search against the reference memory, upsampling
 ``post``       fusion, Gaussian smoothing, image score

@@ -28,11 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from fgad.bundle import BundleError, Manifest, file_sha256, load_manifest
+from fgad.bundle.staging import check_target, staged_bundle, utc_timestamp, write_references_npz
 from fgad.calibration.images import list_calibration_images, preprocess_images, seeded_subset
 from fgad.calibration.qdq import DEFAULT_KEEP_FLOAT, DEFAULT_PERCENTILE, KeepFloat, QuantizationReport, quantize_qdq
-from fgad.export.bundle_io import check_target, staged_bundle, utc_timestamp, write_references_npz
-from fgad.runtime.manifest import BundleError, Manifest, check_manifest, file_sha256, load_manifest
-from fgad.utils.atomic import atomic_write_json
+from fgad.core.atomic import atomic_write_json
+from fgad.runtime.backends import check_manifest
 
 __all__ = ["MIN_CALIBRATION_IMAGES", "REPORT_FILE", "bundle_reference_paths", "calibration_paths", "quantize_bundle"]
 

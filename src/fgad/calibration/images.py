@@ -1,7 +1,7 @@
 """Calibration images: normal parts, preprocessed exactly as the runtime does, fed to onnxruntime's calibrator.
 
 The activation ranges of a Q/DQ model are measured on these images, so they must go through the same
-:func:`fgad.data.transforms.preprocess` as every frame at run time (a different resize or normalisation
+:func:`fgad.core.transforms.preprocess` as every frame at run time (a different resize or normalisation
 would calibrate ranges the engine never sees). Torch-free: numpy, OpenCV and the standard library.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fgad.data.io import IMAGE_EXTENSIONS, read_image
-from fgad.data.transforms import preprocess
+from fgad.core.io import IMAGE_EXTENSIONS, read_image
+from fgad.core.transforms import preprocess
 
 __all__ = [
     "ImageCalibrationReader",
@@ -105,7 +105,7 @@ class ImageCalibrationReader:
         if arr.ndim != 4 or arr.shape[0] < 1 or arr.shape[1] != 3:
             raise ValueError(f"calibration images must be a non-empty [N, 3, S, S] array, got shape {arr.shape}")
         if not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all():
-            raise ValueError("calibration images must be finite floats (preprocessed with fgad.data.transforms)")
+            raise ValueError("calibration images must be finite floats (preprocessed with fgad.core.transforms)")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.images = np.ascontiguousarray(arr, dtype=np.float32)

@@ -156,8 +156,8 @@ def study_variants(studies: Sequence[str] = STUDIES, families: Sequence[str] = t
 
 
 def _detector(manifest: Any, onnx_path: Path, refs: Sequence[np.ndarray] | None, threads: int | None) -> Any:
+    from fgad.bundle import check_graph
     from fgad.runtime.backends.ort import OrtBackend
-    from fgad.runtime.manifest import check_graph
     from fgad.runtime.pipeline import Detector
 
     backend = OrtBackend(onnx_path, input_name=manifest.input.name, threads=threads,
@@ -195,7 +195,8 @@ def measure_sensitivity(
     """
     from tqdm import tqdm
 
-    from fgad.runtime.manifest import check_manifest, load_manifest
+    from fgad.bundle import load_manifest
+    from fgad.runtime.backends import check_manifest
 
     if not held_out:
         raise ValueError("held_out is empty: give images (good and defective) that were not used for calibration")

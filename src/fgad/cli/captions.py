@@ -48,10 +48,10 @@ def draft(image: Path, class_name: str, out_file: Path | None, foreground: str |
           llm_cmd: str | None, llm_timeout: float, strict: bool, verbose: bool) -> None:
     """Draft a caption record from one normal IMAGE of the product."""
     setup_logging(verbose)
+    from fgad.core.io import ImageReadError, read_image
     from fgad.data.descriptions import BUILTIN_BANKS, display_name
-    from fgad.data.io import ImageReadError, read_image
-    from fgad.finegrained.caption_draft import draft_caption
-    from fgad.finegrained.captions import CaptionError, defect_phrases
+    from fgad.methods.finegrained.captions.draft import draft_caption
+    from fgad.methods.finegrained.captions.schema import CaptionError, defect_phrases
 
     try:
         pixels = read_image(image)
@@ -68,7 +68,7 @@ def draft(image: Path, class_name: str, out_file: Path | None, foreground: str |
     record: dict[str, Any] = draft_caption(pixels, class_name, foreground=noun, dataset=bank_name)
     source = "heuristic draft"
     if llm_cmd is not None:
-        from fgad.finegrained.caption_llm import LLMCommandError, llm_caption
+        from fgad.methods.finegrained.captions.llm import LLMCommandError, llm_caption
 
         try:
             record = llm_caption(llm_cmd, image.resolve(), class_name, noun, hint=record, defect_phrases=phrases,
@@ -82,7 +82,7 @@ def draft(image: Path, class_name: str, out_file: Path | None, foreground: str |
     if out_file is None:
         click.echo(json.dumps(record, indent=2, ensure_ascii=False))
     else:
-        from fgad.utils.atomic import atomic_write_json
+        from fgad.core.atomic import atomic_write_json
 
         atomic_write_json(out_file, record)
         click.echo(f"wrote {out_file} ({source}); review every field, then delete \"draft\" "
@@ -94,7 +94,7 @@ def draft(image: Path, class_name: str, out_file: Path | None, foreground: str |
 @friendly_errors
 def check(files: tuple[Path, ...]) -> None:
     """Validate caption record FILES; exit status 1 if any is invalid."""
-    from fgad.finegrained.captions import CaptionError, read_caption_file
+    from fgad.methods.finegrained.captions.schema import CaptionError, read_caption_file
 
     failures = 0
     for path in files:

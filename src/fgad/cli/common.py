@@ -69,9 +69,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     errors: list[type[BaseException]] = [ConfigError, FileNotFoundError, KeyError, ValueError]
     for module, name in (
-        ("fgad.models.clip_loader", "WeightsUnavailableError"),
-        ("fgad.train.checkpoint", "CheckpointError"),
-        ("fgad.runtime.manifest", "BundleError"),
+        ("fgad.backbone.clip_loader", "WeightsUnavailableError"),
+        ("fgad.methods.filo.checkpoint", "CheckpointError"),
+        ("fgad.bundle", "BundleError"),
     ):
         if module in sys.modules:
             errors.append(getattr(sys.modules[module], name))

@@ -35,8 +35,8 @@ def main(out_dir: Path, config_name: str, epochs: int, seed: int, progress: bool
     from fgad.config import load_config
     from fgad.data.synthetic import make_synthetic_dataset
     from fgad.evaluation import EvalSettings, evaluate
-    from fgad.models.build import build_model
-    from fgad.train.loop import train
+    from fgad.methods.filo.build import build_model
+    from fgad.methods.filo.train import train
 
     started = time.perf_counter()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -86,10 +86,10 @@ def _export_and_run(model, config, target: Path, out_dir: Path) -> None:  # noqa
 
     import numpy as np
 
+    from fgad.core.io import read_image
+    from fgad.core.metrics import image_auroc
     from fgad.data.datasets import discover
-    from fgad.data.io import read_image
     from fgad.export.bundle import write_bundle
-    from fgad.metrics import image_auroc
     from fgad.runtime.overlay import render_panel, save_image_rgb
     from fgad.runtime.pipeline import Detector
 

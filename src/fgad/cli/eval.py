@@ -50,13 +50,13 @@ def main(checkpoint: Path | None, config_name: str | None, data_root: Path, out_
     if (checkpoint is None) == (config_name is None):
         raise click.UsageError("pass exactly one of --checkpoint or --config")
     if checkpoint is not None:
-        from fgad.finegrained.checkpoint import load_any_checkpoint  # FiLo++ or FineGrainedAD
+        from fgad.methods.finegrained.checkpoint import load_any_checkpoint  # FiLo++ or FineGrainedAD
 
         model, _, _ = load_any_checkpoint(checkpoint, pretrained=pretrained, combine_with=combine_with)
         source = str(checkpoint)
     else:
         from fgad.config import load_config
-        from fgad.models.build import build_model
+        from fgad.methods.filo.build import build_model
 
         if combine_with is not None:
             raise click.UsageError("--combine-with needs a FineGrainedAD --checkpoint")

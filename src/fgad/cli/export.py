@@ -99,7 +99,7 @@ def main(checkpoint: Path | None, class_name: str | None, bundle_dir: Path | Non
                                "engine)")
     assert checkpoint is not None and class_name is not None and out_dir is not None
     if box_prior == "grounding-dino":
-        from fgad.models.grounding import NEEDS_TORCH_MESSAGE
+        from fgad.methods.filo.priors.grounding import NEEDS_TORCH_MESSAGE
 
         raise click.ClickException(NEEDS_TORCH_MESSAGE)
     export_deform = build.export_flavour()
@@ -110,8 +110,8 @@ def main(checkpoint: Path | None, class_name: str | None, bundle_dir: Path | Non
 
     from fgad.export.bundle import list_reference_images, resize_model, sha256_file, write_bundle
     from fgad.export.onnx_export import ExportError
-    from fgad.finegrained.checkpoint import load_any_checkpoint
-    from fgad.train.checkpoint import WEIGHTS_FILE
+    from fgad.methods.filo.checkpoint import WEIGHTS_FILE
+    from fgad.methods.finegrained.checkpoint import load_any_checkpoint
 
     refs = list_reference_images(refs_dir) if refs_dir is not None else None
     measure_on = (list_reference_images(measure_dir, recursive=True, what="images to measure on")
@@ -246,9 +246,9 @@ def _check_images(bundle: Path, manifest: Any, refs_dir: Path | None,
 
 def _engine_for_bundle(bundle: Path, build: _EngineRequest, refs_dir: Path | None,
                        ref_paths: Sequence[Path] | None, written: bool = False) -> None:
+    from fgad.bundle import load_manifest
     from fgad.export.engine_bundle import add_engine
     from fgad.export.tensorrt_build import EngineBuildError, TensorRTUnavailableError
-    from fgad.runtime.manifest import load_manifest
 
     manifest = load_manifest(bundle)
     images, what = _check_images(bundle, manifest, refs_dir, ref_paths)
@@ -281,7 +281,7 @@ def _engine_for_bundle(bundle: Path, build: _EngineRequest, refs_dir: Path | Non
                f"{info.compute_capability}, {info.layers} layers, {info.engine_bytes / 1e6:.1f} MB, batch "
                f"{info.min_batch}..{info.max_batch}, built in {info.build_seconds:.0f} s)")
     click.echo(f"parity TensorRT {info.precision} vs onnxruntime on {what}:")
-    from fgad.export.bundle_io import parity_tolerance
+    from fgad.bundle.staging import parity_tolerance
 
     for key, value in parity.items():
         if key.startswith("max_abs_diff_"):

@@ -126,8 +126,8 @@ def main(
     if len(given) != 1:
         raise click.UsageError(f"give exactly one of --camera, --video or --images (got {', '.join(given) or 'none'})")
 
-    from fgad.data.io import ImageReadError
-    from fgad.runtime.manifest import BundleError
+    from fgad.bundle import BundleError
+    from fgad.core.io import ImageReadError
     from fgad.runtime.sources import SourceError
 
     try:
@@ -257,7 +257,7 @@ def _stop_signals() -> Iterator[None]:
 def _json_line(record: dict[str, Any]) -> str:
     import json
 
-    from fgad.utils.atomic import nan_to_none
+    from fgad.core.atomic import nan_to_none
 
     return json.dumps(nan_to_none(record), ensure_ascii=False) + "\n"
 

@@ -46,7 +46,7 @@ def main(config_name: str, data_root: Path, out_dir: Path, pretrained: str | Non
     from fgad.config import load_config
 
     if load_config(config_name).model.method == "finegrained":
-        from fgad.finegrained.train import cli_train
+        from fgad.methods.finegrained.train import cli_train
 
         if classes or len(banks) > 1 or epochs_phase1 is not None or epochs_phase2 is not None or max_steps_per_epoch:
             raise click.UsageError("--classes/--epochs-phase1/2/--max-steps-per-epoch are FiLo++ options; a "
@@ -58,8 +58,8 @@ def main(config_name: str, data_root: Path, out_dir: Path, pretrained: str | Non
     if class_name or shots is not None or epochs is not None or seed_file or captions:
         raise click.UsageError("--class-name/--shots/--epochs/--seed-file/--captions need a FineGrainedAD config "
                                "(e.g. --config fgad-vitb16p-240)")
-    from fgad.models.build import build_model
-    from fgad.train.loop import train
+    from fgad.methods.filo.build import build_model
+    from fgad.methods.filo.train import train
 
     overrides: dict = {"train": {}, "model": {}}
     for key, value in (("epochs_phase1", epochs_phase1), ("epochs_phase2", epochs_phase2),

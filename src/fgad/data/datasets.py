@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fgad.data.io import IMAGE_EXTENSIONS, ImageReadError, read_image, read_mask
-from fgad.data.transforms import OPENAI_MEAN, OPENAI_STD, preprocess, preprocess_mask
+from fgad.core.io import IMAGE_EXTENSIONS, ImageReadError, read_image, read_mask
+from fgad.core.transforms import OPENAI_MEAN, OPENAI_STD, preprocess, preprocess_mask
 
 logger = logging.getLogger(__name__)
 

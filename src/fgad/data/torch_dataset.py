@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from fgad.core.io import ImageReadError
+from fgad.core.transforms import OPENAI_MEAN, OPENAI_STD, preprocess, preprocess_mask
 from fgad.data.datasets import Sample, read_sample
-from fgad.data.io import ImageReadError
-from fgad.data.transforms import OPENAI_MEAN, OPENAI_STD, preprocess, preprocess_mask
 
 logger = logging.getLogger(__name__)
 

@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from fgad import __version__
+from fgad.bundle import file_sha256 as sha256_file
+from fgad.bundle.staging import check_target, staged_bundle, utc_timestamp, write_references_npz
 from fgad.config import BackboneConfig, ModelConfig, replace
-from fgad.export.bundle_io import check_target, staged_bundle, utc_timestamp, write_references_npz
+from fgad.core.atomic import atomic_write_json
 from fgad.export.deform_flavours import normalize_deform
-from fgad.export.frozen_text import TEXT_MODES, FrozenText, freeze_text, freeze_text_bank
 from fgad.export.onnx_export import (
     DEFAULT_OPSET,
     ExportError,
@@ -31,11 +32,10 @@ from fgad.export.onnx_export import (
     onnx_output_shapes,
     run_onnx,
 )
-from fgad.export.wrapper import INPUT_NAME, PRIOR_OUTPUTS, FiloExportModule, check_graph_box_prior
-from fgad.models.boxprior import build_box_prior
-from fgad.models.filo import FiLoPlusPlus
-from fgad.runtime.manifest import file_sha256 as sha256_file
-from fgad.utils.atomic import atomic_write_json
+from fgad.methods.filo.export_module import INPUT_NAME, PRIOR_OUTPUTS, FiloExportModule, check_graph_box_prior
+from fgad.methods.filo.frozen_text import TEXT_MODES, FrozenText, freeze_text, freeze_text_bank
+from fgad.methods.filo.model import FiLoPlusPlus
+from fgad.methods.filo.priors.base import build_box_prior
 
 __all__ = [
     "FORMAT_VERSION",
@@ -69,7 +69,7 @@ def list_reference_images(
     folder: str | os.PathLike[str], recursive: bool = False, what: str = "reference images"
 ) -> list[Path]:
     """Image files inside ``folder`` (and its subfolders with ``recursive``), sorted, hidden files skipped."""
-    from fgad.data.io import IMAGE_EXTENSIONS
+    from fgad.core.io import IMAGE_EXTENSIONS
 
     root = Path(folder)
     if not root.is_dir():
@@ -83,9 +83,9 @@ def list_reference_images(
 
 
 def load_reference_images(paths: Sequence[str | os.PathLike[str]], cfg: ModelConfig) -> torch.Tensor:
-    """Preprocess images exactly as the runtime does (fgad.data.transforms.preprocess) -> [k, 3, s, s]."""
-    from fgad.data.io import read_image
-    from fgad.data.transforms import preprocess
+    """Preprocess images exactly as the runtime does (fgad.core.transforms.preprocess) -> [k, 3, s, s]."""
+    from fgad.core.io import read_image
+    from fgad.core.transforms import preprocess
 
     bb = cfg.backbone
     arrays = [preprocess(read_image(p), bb.image_size, bb.mean, bb.std) for p in paths]
@@ -112,9 +112,9 @@ def resize_model(
     original grid: its trained-size table is resized (bicubic, CLS row kept). All other weights,
     learned ones included, are copied from ``model``.
     """
-    from fgad.models.build import build_model
-    from fgad.models.clip_loader import RANDOM_INIT, resize_position_embedding
-    from fgad.train.checkpoint import CheckpointError
+    from fgad.backbone.clip_loader import RANDOM_INIT, resize_position_embedding
+    from fgad.methods.filo.build import build_model
+    from fgad.methods.filo.checkpoint import CheckpointError
 
     cfg = model.cfg
     if image_size == cfg.backbone.image_size:
@@ -239,7 +239,7 @@ def _checkpoint_meta(checkpoint_meta: dict[str, Any] | None, model: Any) -> dict
     """``checkpoint_meta`` with the backbone fingerprint computed from ``model`` where it is missing."""
     meta = dict(checkpoint_meta or {})
     if not meta.get("backbone_fingerprint"):
-        from fgad.train.checkpoint import backbone_fingerprint
+        from fgad.methods.filo.checkpoint import backbone_fingerprint
 
         meta["backbone_fingerprint"] = backbone_fingerprint(model)
     return meta
@@ -335,7 +335,7 @@ def write_bundle(
     ``none``, or ``objectness`` computed inside the graph; ``grounding-dino`` is refused (PyTorch path only).
     """
     if getattr(model_cfg, "method", "filo") == "finegrained":  # FineGrainedAD: its own graph, same bundle format
-        from fgad.finegrained.export import write_fgad_bundle
+        from fgad.methods.finegrained.export import write_fgad_bundle
 
         if box_prior not in (None, "none"):
             raise ValueError(f"box_prior={box_prior!r}: box priors are FiLo++'s (DefLoc); a FineGrainedAD model is "

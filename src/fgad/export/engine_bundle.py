@@ -34,7 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from fgad.export.bundle_io import parity_tolerance
+from fgad.bundle import MANIFEST_NAME, Manifest, file_sha256, load_manifest
+from fgad.bundle.staging import parity_tolerance
+from fgad.core.atomic import atomic_path, atomic_write_json
 from fgad.export.deform_flavours import PLUGIN_ID, deformconv_to_plugin, normalize_deform
 from fgad.export.op_coverage import MIN_TENSORRT, CoverageReport, check_tensorrt_coverage
 from fgad.export.tensorrt_build import (
@@ -46,8 +48,7 @@ from fgad.export.tensorrt_build import (
     build_engine,
     tensorrt_installed,
 )
-from fgad.runtime.manifest import MANIFEST_NAME, Manifest, check_manifest, file_sha256, load_manifest
-from fgad.utils.atomic import atomic_path, atomic_write_json
+from fgad.runtime.backends import check_manifest
 
 __all__ = [
     "ENGINE_FILE",

@@ -1,10 +1,10 @@
-"""ONNX export of :class:`~fgad.export.wrapper.FiloExportModule`, then ``onnx.checker``, then an
+"""ONNX export of :class:`~fgad.methods.filo.export_module.FiloExportModule`, then ``onnx.checker``, then an
 onnxruntime comparison against PyTorch (the timm ``utils/onnx.py`` sequence, every time).
 
 Three flavours of the MDCI deformable convolutions (ARCHITECTURE decision 2,
 :mod:`fgad.export.deform_flavours`):
 
-* ``decomposed``: exported under :func:`fgad.models.deform.exportable`, so the op's pure-PyTorch
+* ``decomposed``: exported under :func:`fgad.backbone.deform.exportable`, so the op's pure-PyTorch
   body traces to ``GridSample`` + ``MatMul`` (opset >= 16; every backend runs it);
 * ``onnx`` (CLI name ``native``): the exporter sees the project's ``fgad::deform_conv2d`` custom op
   and :func:`deform_conv2d_to_onnx` translates it to the standard ``DeformConv`` (opset 19). The
@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fgad.export.bundle_io import parity_tolerance
+from fgad.backbone.deform import ModulatedDeformConv2d, exportable
+from fgad.bundle.staging import parity_tolerance
 from fgad.export.deform_flavours import (
     DEFORM_FLAVOURS,
     PLUGIN_DOMAIN,
@@ -48,8 +49,7 @@ from fgad.export.deform_flavours import (
     ort_runnable,
     register_plugin_schema,
 )
-from fgad.models.deform import ModulatedDeformConv2d, exportable
-from fgad.models.filo import FiLoPlusPlus
+from fgad.methods.filo.model import FiLoPlusPlus
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -201,7 +201,7 @@ def _rewrite_bool_where(model: Any) -> int:
     """Replace ``Where`` on bool values by ``Or(And(c, x), And(Not(c), y))``; returns the count.
 
     The prompt filter's "keep a set whole if it would become empty" rule
-    (:func:`fgad.models.scoring.filter_masks`) is a ``torch.where`` on bool masks; onnxruntime's
+    (:func:`fgad.methods.filo.scoring.filter_masks`) is a ``torch.where`` on bool masks; onnxruntime's
     CPU ``Where`` has no bool kernel ("Could not find an implementation for Where(16)"). The
     logical form is the same function with the same broadcasting, and every backend has it.
     """

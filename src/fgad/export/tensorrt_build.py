@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fgad.utils.atomic import atomic_path, atomic_write_bytes
+from fgad.core.atomic import atomic_path, atomic_write_bytes
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -316,7 +316,7 @@ def _describe(engine: trt.ICudaEngine) -> tuple[dict[str, list[int | None]], dic
 
 
 def _compute_capability() -> str:
-    from fgad.runtime.manifest import detect_compute_capability
+    from fgad.bundle import detect_compute_capability
 
     capability = detect_compute_capability()
     if capability is None:

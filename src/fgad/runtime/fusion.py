@@ -15,7 +15,7 @@ field             FiLo++ (default)                            FineGrainedAD
 The few-shot distances arrive on the token grid ``[B, g, g]`` and are upsampled (bilinear,
 ``align_corners=True``) to ``map_size`` before fusion. Without references the map is ``vl_map`` alone
 and a ``harmonic`` score uses ``max Up(vl_map)`` in place of the few-shot peak (as the PyTorch model).
-``a ⊕ b = a·b / (a + b + 1e-8)``, equal to ``fgad.models.postprocess.harmonic_fusion``.
+``a ⊕ b = a·b / (a + b + 1e-8)``, equal to ``fgad.backbone.postprocess.harmonic_fusion``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fgad.runtime.postprocess import finish, gaussian_reflect, upsample_align_corners
+from fgad.core.smoothing import gaussian_reflect, upsample_align_corners
+from fgad.runtime.postprocess import finish
 
 __all__ = ["FUSIONS", "SCORES", "FusionSpec", "finish_maps", "harmonic"]
 

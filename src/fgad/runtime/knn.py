@@ -1,7 +1,7 @@
 """Few-shot patch memory for the runtime: nearest reference patch by inner product on L2-normalised rows.
 
 A query patch token ``t`` scores ``d = 1 - max_m <t, m>`` over the reference rows ``m`` of its layer (cosine
-distance to the closest normal patch), the same quantity as ``fgad.models.fewshot.patch_min_distance``; the
+distance to the closest normal patch), the same quantity as ``fgad.backbone.fewshot.patch_min_distance``; the
 few-shot map is the mean of ``d`` over the memory layers.
 
 Search runs on FAISS (``IndexFlatIP``, exact; on the GPU when ``faiss.get_num_gpus() > 0``) when faiss is installed,
@@ -297,7 +297,7 @@ class FewShotMemory:
         **index_kwargs: Any,
     ) -> FewShotMemory:
         """Load ``layer_<layer>`` arrays (or the arrays named by ``keys``) of a references ``.npz``."""
-        from fgad.runtime.manifest import reference_keys
+        from fgad.bundle import reference_keys
 
         with np.load(path, allow_pickle=False) as data:
             if keys is None:

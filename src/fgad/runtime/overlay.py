@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fgad.utils.atomic import atomic_write_bytes
+from fgad.core.atomic import atomic_write_bytes
 
 __all__ = ["colorize", "heatmap_overlay", "render_panel", "save_image_rgb"]
 
@@ -182,7 +182,7 @@ def save_image_rgb(path: str | os.PathLike[str], image_rgb: np.ndarray) -> None:
 
     The image is encoded in memory first, so an unsupported extension or a failed encode raises
     before anything touches the disk; the write itself goes through
-    :func:`fgad.utils.atomic.atomic_write_bytes`.
+    :func:`fgad.core.atomic.atomic_write_bytes`.
     """
     target = Path(path)
     suffix = target.suffix.lower()

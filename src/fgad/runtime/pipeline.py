@@ -6,7 +6,7 @@
     result = detector(image_rgb_uint8)        # Result(score, is_anomalous, anomaly_map, ...)
     detector.add_references([more_good])      # no re-export needed
 
-Per image: ``fgad.data.transforms.preprocess`` (identical to training) -> engine (``vl_map``, ``global_prob``,
+Per image: ``fgad.core.transforms.preprocess`` (identical to training) -> engine (``vl_map``, ``global_prob``,
 ``best_description``, ``tokens_<layer>``) -> few-shot distance against the reference memory (when references are
 loaded) -> fuse, Gaussian smoothing, score (``docs/bundle.md``).
 
@@ -34,22 +34,21 @@ from typing import Any
 
 import numpy as np
 
-from fgad.data.fusdes import POSITIONS
-from fgad.data.io import read_image
-from fgad.data.transforms import preprocess
-from fgad.runtime.backends import Backend, create_backend
-from fgad.runtime.fusion import FusionSpec, finish_maps
-from fgad.runtime.knn import FewShotMemory, max_similarity_numpy
-from fgad.runtime.manifest import (
+from fgad.bundle import (
     BundleError,
     Manifest,
     check_graph,
-    check_manifest,
     load_manifest,
     npz_array_shapes,
     reference_keys,
 )
-from fgad.runtime.postprocess import upsample_align_corners
+from fgad.core.cells import POSITIONS
+from fgad.core.io import read_image
+from fgad.core.smoothing import upsample_align_corners
+from fgad.core.transforms import preprocess
+from fgad.runtime.backends import Backend, check_manifest, create_backend
+from fgad.runtime.fusion import FusionSpec, finish_maps
+from fgad.runtime.knn import FewShotMemory, max_similarity_numpy
 
 __all__ = ["AUTO_MARGIN_FRACTION", "AUTO_MARGIN_MIN", "Detector", "Result"]
 
@@ -479,7 +478,7 @@ class Detector:
         return results
 
     def __call__(self, image: ImageLike) -> Result:
-        """Score one RGB uint8 ``[H, W, 3]`` image (a path is read with ``fgad.data.io.read_image``)."""
+        """Score one RGB uint8 ``[H, W, 3]`` image (a path is read with ``fgad.core.io.read_image``)."""
         rgb, _ = _as_rgb(image)
         return self._infer([rgb])[0]
 

@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from fgad.data.io import IMAGE_EXTENSIONS, ImageReadError, read_image
+from fgad.core.io import IMAGE_EXTENSIONS, ImageReadError, read_image
 
 __all__ = [
     "CameraSource",

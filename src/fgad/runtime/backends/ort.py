@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from fgad.runtime.manifest import BundleError
+from fgad.bundle import BundleError
 
 __all__ = ["OrtBackend"]
 

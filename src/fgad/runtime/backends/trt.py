@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fgad.runtime.manifest import BundleError
+from fgad.bundle import BundleError
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -180,7 +180,7 @@ class TensorRTBackend:
     @classmethod
     def is_available(cls) -> bool:
         """tensorrt is installed (not imported). cuda-python is checked when the backend is created, with its
-        own message, and by :func:`fgad.runtime.manifest.resolve_engine` before it prefers an engine."""
+        own message, and by :func:`fgad.runtime.backends.resolve_engine` before it prefers an engine."""
         return tensorrt_available()
 
     def __init__(

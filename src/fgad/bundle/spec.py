@@ -1,0 +1,164 @@
+"""What a bundle's ``manifest.json`` says, as frozen dataclasses, and the names the manifest contract fixes.
+
+``docs/bundle.md`` is the contract; :mod:`fgad.bundle.parse` builds these from the JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "BOX_PRIOR_OUTPUTS",
+    "GRAPH_BOX_PRIORS",
+    "MANIFEST_NAME",
+    "REQUIRED_OUTPUTS",
+    "SUPPORTED_FORMAT_VERSIONS",
+    "BoxPriorSpec",
+    "EngineSpec",
+    "FewshotSpec",
+    "InputSpec",
+    "Manifest",
+    "PluginSpec",
+    "PostSpec",
+    "Shape",
+    "TextSpec",
+    "ThresholdSpec",
+]
+
+#: Manifest format versions this runtime understands.
+SUPPORTED_FORMAT_VERSIONS: tuple[int, ...] = (1,)
+MANIFEST_NAME = "manifest.json"
+REQUIRED_OUTPUTS: tuple[str, ...] = ("vl_map", "global_prob", "best_description")
+#: Outputs of a graph with a box prior inside: the chosen position cell and the few-shot map's weight.
+BOX_PRIOR_OUTPUTS: tuple[str, ...] = ("position", "region_weight")
+#: Box priors a bundle's graph can hold (fgad.methods.filo.export_module.GRAPH_BOX_PRIORS).
+GRAPH_BOX_PRIORS: tuple[str, ...] = ("none", "objectness")
+
+Shape = tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    kind: str  # "onnx" (onnxruntime) or "tensorrt" (serialized TensorRT engine)
+    file: str  # engine file, relative to the bundle folder
+    opset: int | None = None  # ONNX opset of the exported graph
+    precision: str = "fp32"  # fp32 | fp16 | int8 (informational for the runtime)
+    tensorrt_version: str | None = None  # TensorRT version that built the engine ("10.3.0"); engines only
+    compute_capability: str | None = None  # GPU compute capability the engine was built for ("8.7"); engines only
+    deform: str | None = None  # deformable-conv flavour the engine was built from (decomposed | onnx | plugin)
+    plugins: tuple[PluginSpec, ...] = ()  # TensorRT plugin libraries to load before deserializing; engines only
+    fallback: EngineSpec | None = None  # what to run where this engine cannot run (the ONNX graph it was built from)
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    file: str  # plugin library, relative to the bundle folder (listed in ``sha256`` too)
+    ops: tuple[str, ...] = ()  # "<domain>::<op>" nodes it implements, e.g. "fgad::FgadDeformConv2d"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str  # graph input name
+    size: int  # s: the image is resized to s x s
+    layout: str  # only "NCHW"
+    color: str  # only "RGB"
+    resize: str  # only "bicubic" (fgad.core.transforms.preprocess)
+    mean: tuple[float, float, float]  # per-channel mean on [0, 1] pixels
+    std: tuple[float, float, float]  # per-channel std
+
+
+@dataclass(frozen=True)
+class FewshotSpec:
+    layers: tuple[int, ...] = ()  # memory layers; each has a tokens_<layer> output
+    file: str | None = None  # references.npz, relative to the bundle folder (None: zero-shot bundle)
+    num_references: int = 0  # k reference images stored in ``file``
+
+
+@dataclass(frozen=True)
+class PostSpec:
+    sigma: float  # Gaussian smoothing sigma, pixels at input size
+    truncate: float  # kernel radius int(truncate * sigma + 0.5)
+    # map fusion and score (fgad.runtime.fusion); the defaults are FiLo++'s
+    fusion: str = "mean"  # "mean": (vl_map + few) / 2; "harmonic": 1 / (1/vl_map + 1/few) (FineGrainedAD)
+    score: str = "mean"  # "mean": (global_prob + max map) / 2; "harmonic": global_prob (+) max Up(few) (FineGrainedAD)
+    fewshot_scale: float = 1.0  # few-shot map = scale * mean over layers of the min distance (FineGrainedAD: 0.5)
+    map_size: int | None = None  # side of vl_map, where the maps are fused (None: input.size)
+    output_size: int | None = None  # side of the final map (None: map_size)
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    mode: str | None = None  # "frozen" or "bank"
+    conditioning: str | None = None
+    filtering: str | None = None
+    descriptions: tuple[str, ...] = ()  # best_description indexes into this list
+    num_normal: int | None = None
+    num_abnormal: int | None = None
+
+
+@dataclass(frozen=True)
+class ThresholdSpec:
+    image: float | None = None  # image-score threshold chosen at export (None: none recorded)
+    rule: str | None = None  # how it was chosen
+
+
+@dataclass(frozen=True)
+class BoxPriorSpec:
+    name: str = "none"  # "none" or a prior computed inside the graph ("objectness")
+    outputs: tuple[str, ...] = ()  # extra graph outputs the runtime reads (BOX_PRIOR_OUTPUTS for a prior)
+    suppression: float | None = None  # lambda outside the box (informational: region_weight already holds it)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    format_version: int
+    engine: EngineSpec
+    input: InputSpec
+    outputs: dict[str, Shape]  # output name -> declared shape, None for dynamic dims
+    grid: int  # g: patch tokens form a g x g grid, N = g * g
+    post: PostSpec
+    sha256: dict[str, str]  # relative file name -> hex digest
+    fewshot: FewshotSpec = field(default_factory=FewshotSpec)
+    text: TextSpec = field(default_factory=TextSpec)
+    thresholds: ThresholdSpec = field(default_factory=ThresholdSpec)
+    box_prior: BoxPriorSpec = field(default_factory=BoxPriorSpec)
+    class_name: str = ""
+    fgad_version: str | None = None
+    created: str | None = None
+    deform: str | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+    parity: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # the parsed JSON as read
+
+    @property
+    def map_size(self) -> int:
+        """Side of the graph's ``vl_map`` (``post.map_size``, default ``input.size``)."""
+        return self.post.map_size or self.input.size
+
+    @property
+    def output_size(self) -> int:
+        """Side of the final anomaly map (``post.output_size``, default the map size)."""
+        return self.post.output_size or self.map_size
+
+    @property
+    def num_patches(self) -> int:
+        """N = grid * grid patch tokens per image."""
+        return self.grid * self.grid
+
+    @staticmethod
+    def token_output(layer: int) -> str:
+        """Name of the graph output holding the patch tokens of ``layer``."""
+        return f"tokens_{layer}"
+
+    def token_dim(self, layer: int) -> int | None:
+        """D of ``tokens_<layer>`` as declared in ``outputs`` (None if unknown)."""
+        shape = self.outputs.get(self.token_output(layer))
+        return shape[-1] if shape else None
+
+    def description(self, index: int) -> str:
+        """The abnormal description at ``index`` (``#index`` if the manifest has no such entry)."""
+        if 0 <= index < len(self.text.descriptions):
+            return self.text.descriptions[index]
+        return f"#{index}"
+
