@@ -25,7 +25,7 @@ GOLDEN = Path(__file__).parent / "golden"
 def written(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path]:
     name = request.param
     scratch = tmp_path_factory.mktemp(f"golden_{name}")
-    bundle = golden.VARIANTS[name](scratch / "bundle", scratch / "data")
+    bundle = golden.VARIANTS[name](scratch / name / "bundle", scratch / name / "data")  # as write_golden lays it out
     return name, bundle, scratch
 
 

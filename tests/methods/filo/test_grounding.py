@@ -228,7 +228,7 @@ def test_missing_transformers_names_the_extra(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_shimmed_torchvision_ops_fail_clearly() -> None:
-    from fgad.models import _compat
+    from fgad.backbone import compat as _compat
 
     _compat.import_grounding_dino()
     if not _compat._library_keepalive:

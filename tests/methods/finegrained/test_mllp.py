@@ -218,7 +218,7 @@ def test_a_bank_file_gives_a_new_product_its_defect_phrases(tmp_path) -> None:
 
     bank = tmp_path / "bank.json"
     bank.write_text(json.dumps({"my_bracket": ["a bent tab", "a missing rivet"]}))
-    shipped = Path(fg.__file__).resolve().parents[1] / "data" / "captions" / "magnetic_tile.json"
+    shipped = Path(fg.__file__).resolve().parents[2] / "data" / "captions" / "magnetic_tile.json"
     record = json.loads(shipped.read_text())
     record["class_name"] = "my_bracket"
     captions = tmp_path / "my_bracket.json"
