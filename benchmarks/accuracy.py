@@ -65,7 +65,8 @@ def _sha256(path: Path) -> str:
 def _load_model(checkpoint: Path | None, config_name: str | None, pretrained: str | None) -> tuple[Any, dict]:
     """The model and a record of its weights."""
     if checkpoint is not None:
-        from fgad.methods.filo.checkpoint import WEIGHTS_FILE, load_checkpoint
+        from fgad.backbone.checkpoint import WEIGHTS_FILE
+        from fgad.methods.filo.checkpoint import load_checkpoint
 
         model, _, meta = load_checkpoint(checkpoint, pretrained=pretrained)
         weights = {"checkpoint": str(checkpoint), "checkpoint_sha256": _sha256(checkpoint / WEIGHTS_FILE),
@@ -123,8 +124,8 @@ def main(checkpoint: Path | None, config_name: str | None, data_root: Path, out_
     import torch
 
     from fgad.bench.device import git_commit, library_versions
-    from fgad.evaluation import EvalSettings, evaluate
     from fgad.core.atomic import atomic_write_json, atomic_write_text
+    from fgad.evaluation import EvalSettings, evaluate
 
     model, weights = _load_model(checkpoint, config_name, pretrained)
     names = split_classes(classes)

@@ -135,14 +135,14 @@ def main() -> None:  # noqa: C901 - one measurement script, kept in one place
     from tqdm import tqdm
 
     from fgad.config import load_config
-    from fgad.data.datasets import discover
+    from fgad.core.atomic import atomic_write_json, atomic_write_text
     from fgad.core.io import read_image
+    from fgad.data.datasets import discover
     from fgad.evaluation import _subsample, choose_shots
-    from fgad.export.bundle import write_bundle
+    from fgad.export.bundle import export_bundle
     from fgad.methods.filo.build import build_model
     from fgad.methods.filo.priors.grounding import GroundingDinoPrior, export_grounding_onnx
     from fgad.runtime.pipeline import Detector
-    from fgad.core.atomic import atomic_write_json, atomic_write_text
 
     overrides = {"model": {"backbone": {"pretrained": args.pretrained}}}
     cfg = load_config(args.config, overrides).model
@@ -170,7 +170,7 @@ def main() -> None:  # noqa: C901 - one measurement script, kept in one place
     export_s: dict[str, float] = {}
     for prior in [p for p in ("none", "objectness") if p in priors or p == "none"]:
         started = time.perf_counter()
-        bundle = write_bundle(work / f"bundle-{prior}", model, cfg, args.class_name, refs, box_prior=prior)
+        bundle = export_bundle(work / f"bundle-{prior}", model, cfg, args.class_name, refs, box_prior=prior)
         export_s[prior] = time.perf_counter() - started
         detectors[prior] = Detector.from_bundle(bundle)
     gdino: dict[str, Any] = {}

@@ -62,7 +62,7 @@ def _export_random(config: str, class_name: str, refs: list[Path], out: Path, se
     import torch
 
     from fgad.config import load_config
-    from fgad.export.bundle import write_bundle
+    from fgad.export.bundle import export_bundle
     from fgad.methods.filo.build import build_model
 
     cfg = load_config(config, {"model": {"backbone": {"pretrained": None}}}).model
@@ -70,7 +70,7 @@ def _export_random(config: str, class_name: str, refs: list[Path], out: Path, se
         model = build_model(cfg, seed=seed).eval()
         if offsets:
             model.mdci.randomize_offsets(seed)
-        return write_bundle(out, model, cfg, class_name, refs)
+        return export_bundle(out, model, cfg, class_name, refs)
 
 
 def _median_ms(values: list[float]) -> float:
@@ -145,12 +145,12 @@ def main(config: str | None, bundle_dir: Path | None, root: Path, class_name: st
     from fgad.calibration.images import preprocess_images
     from fgad.calibration.qdq import DEFAULT_KEEP_FLOAT
     from fgad.calibration.sensitivity import compare_results, pearson_rows
-    from fgad.data.datasets import discover, load_sample_raw
-    from fgad.core.io import read_image
-    from fgad.core.transforms import preprocess_mask
-    from fgad.core.metrics import image_auroc, pixel_auroc
-    from fgad.runtime.pipeline import Detector
     from fgad.core.atomic import atomic_write_json, atomic_write_text
+    from fgad.core.io import read_image
+    from fgad.core.metrics import image_auroc, pixel_auroc
+    from fgad.core.transforms import preprocess_mask
+    from fgad.data.datasets import discover, load_sample_raw
+    from fgad.runtime.pipeline import Detector
 
     train = sorted(s.image_path for s in discover(root, "train", [class_name]))
     refs, calib_paths = _split_train(train, shots if config else 0, calib, seed)

@@ -31,8 +31,8 @@ def main() -> None:
     logging.getLogger("root").setLevel(logging.ERROR)
 
     from fgad.config import load_config
-    from fgad.methods.filo.build import build_model
     from fgad.core.atomic import atomic_write_json
+    from fgad.methods.filo.build import build_model
 
     overrides = {"model": {"backbone": {"pretrained": None}}}
     if args.image_size:

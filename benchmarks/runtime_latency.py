@@ -79,14 +79,14 @@ def main() -> None:
     import torch
 
     from fgad.config import load_config
+    from fgad.core.atomic import atomic_write_json
     from fgad.core.io import read_image
     from fgad.core.transforms import preprocess
-    from fgad.export.bundle import load_reference_images, write_bundle
-    from fgad.methods.filo.frozen_text import freeze_text
-    from fgad.methods.filo.export_module import FiloExportModule
+    from fgad.export.bundle import export_bundle, load_reference_images
     from fgad.methods.filo.build import build_model
+    from fgad.methods.filo.export_module import FiloExportModule
+    from fgad.methods.filo.frozen_text import freeze_text
     from fgad.runtime.pipeline import Detector
-    from fgad.core.atomic import atomic_write_json
 
     banks: dict = {"model": {"prompts": {"banks": ["synthetic"]}}} if not args.images else {}
     overrides = {"model": {**banks.get("model", {}), "backbone": {"pretrained": None}}}
@@ -96,7 +96,7 @@ def main() -> None:
     frames, refs = _frames(args, bb.image_size)
     bundle = Path(tempfile.mkdtemp()) / "bundle"
     t0 = time.perf_counter()
-    write_bundle(bundle, model, cfg, args.class_name, refs)
+    export_bundle(bundle, model, cfg, args.class_name, refs)
     export_s = time.perf_counter() - t0
 
     detector = Detector.from_bundle(bundle)

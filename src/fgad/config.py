@@ -21,8 +21,6 @@ from typing import Any, TypeVar
 
 import yaml
 
-from fgad.methods.finegrained.config import FineGrainedConfig, finegrained_config_problems
-
 T = TypeVar("T")
 
 
@@ -139,11 +137,25 @@ class ModelConfig:
     heads: HeadConfig = field(default_factory=HeadConfig)
     fewshot: FewShotConfig = field(default_factory=FewShotConfig)
     post: PostConfig = field(default_factory=PostConfig)
-    method: str = "filo"  # "filo" (FiLo++) or "finegrained" (FineGrainedAD, per-class few-shot)
-    finegrained: FineGrainedConfig = field(default_factory=FineGrainedConfig)  # read when method is finegrained
+    method: str = "filo"  # a name of fgad.methods.registry: "filo" (FiLo++), "finegrained" (FineGrainedAD)
+    #: (key, section) for the config section of every registered method that has one, sorted by key (filled in
+    #: with defaults on construction); read as attributes: ``cfg.finegrained``. In files they are ``model.<key>``.
+    method_sections: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "method_sections", _complete_sections(self.method_sections))
         validate_model_config(self)
+
+    def __getattr__(self, name: str) -> Any:
+        """A method's config section by its key (``cfg.finegrained``)."""
+        try:
+            sections = object.__getattribute__(self, "method_sections")
+        except AttributeError:
+            raise AttributeError(name) from None
+        for key, section in sections:
+            if key == name:
+                return section
+        raise AttributeError(f"{type(self).__name__!r} has no field or method section {name!r}")
 
     @property
     def feature_layers(self) -> tuple[int, ...]:
@@ -174,11 +186,30 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-METHODS = ("filo", "finegrained")
-
-
 class ConfigError(ValueError):
     """A configuration that cannot work; the message names the field."""
+
+
+def _method_section_types() -> dict[str, type]:
+    from fgad.methods.registry import config_sections
+
+    return config_sections()
+
+
+def _complete_sections(given: Any) -> tuple[tuple[str, Any], ...]:
+    """``given`` (pairs or a mapping) with a default section for every method that has one, checked and sorted."""
+    types_ = _method_section_types()
+    items = dict(given.items() if isinstance(given, dict) else given)
+    unknown = sorted(set(items) - set(types_))
+    if unknown:
+        raise ConfigError(f"model: unknown method section(s) {unknown}; known: {sorted(types_)}")
+    for key, cls in types_.items():
+        value = items.get(key)
+        if value is None:
+            items[key] = cls()
+        elif not isinstance(value, cls):
+            raise ConfigError(f"model.{key}: expected a {cls.__name__}, got {type(value).__name__}")
+    return tuple(sorted(items.items()))
 
 
 def validate_model_config(cfg: ModelConfig) -> None:
@@ -191,41 +222,15 @@ def validate_model_config(cfg: ModelConfig) -> None:
         raise ConfigError(f"backbone.width={bb.width} is not divisible by backbone.heads={bb.heads}")
     if not 1 <= bb.vv_start <= bb.layers:
         raise ConfigError(f"backbone.vv_start={bb.vv_start} must be in [1, {bb.layers}]")
-    if cfg.method not in METHODS:
-        raise ConfigError(f"method={cfg.method!r}: use one of {list(METHODS)}")
-    if cfg.method == "finegrained":  # FiLo++'s heads and memory are not part of this model
-        problems = finegrained_config_problems(cfg.finegrained, bb.layers)
-        if problems:
-            raise ConfigError("; ".join(problems))
-        return
-    for name, layers in (
-        ("heads.linear_layers", cfg.heads.linear_layers),
-        ("heads.mdci_layers", cfg.heads.mdci_layers),
-        ("fewshot.memory_layers", cfg.fewshot.memory_layers),
-    ):
-        bad = [i for i in layers if not 1 <= i <= bb.layers]
-        if bad:
-            raise ConfigError(f"{name} has layers {bad} outside [1, {bb.layers}] (blocks are 1-indexed)")
-    early = [i for i in cfg.heads.mdci_layers if i < bb.vv_start]
-    if early:
-        raise ConfigError(
-            f"heads.mdci_layers {early} come before backbone.vv_start={bb.vv_start}: they have no V-V path"
-        )
-    if not cfg.heads.linear_layers and not cfg.heads.mdci_layers:
-        raise ConfigError("heads: at least one of linear_layers / mdci_layers must be non-empty")
-    if cfg.prompts.conditioning not in ("coop", "cocoop"):
-        raise ConfigError(f"prompts.conditioning={cfg.prompts.conditioning!r}: use 'coop' or 'cocoop'")
-    if not (cfg.prompts.use_fixed or cfg.prompts.use_learnable):
-        raise ConfigError("prompts: use_fixed and use_learnable cannot both be false")
-    if cfg.heads.vl_map not in ("abnormal", "symmetric"):
-        raise ConfigError(f"heads.vl_map={cfg.heads.vl_map!r}: use 'abnormal' or 'symmetric'")
-    for k in cfg.heads.mdci_kernels:
-        if len(k) != 2 or min(k) < 1:
-            raise ConfigError(f"heads.mdci_kernels entry {k} must be a (kh, kw) pair of positive ints")
-    _validate_box_prior(cfg.post)
+    from fgad.methods.registry import get_method, method_names
+
+    if cfg.method not in method_names():
+        raise ConfigError(f"method={cfg.method!r}: use one of {method_names()}")
+    get_method(cfg.method).check_config(cfg)  # the method's own sections and fields
 
 
-def _validate_box_prior(post: PostConfig) -> None:
+def validate_box_prior(post: PostConfig) -> None:
+    """The ``post`` section's box-prior fields (checked by the methods that take a box prior)."""
     if post.box_prior not in BOX_PRIORS:
         raise ConfigError(f"post.box_prior={post.box_prior!r}: use one of {list(BOX_PRIORS)}")
     if not 0.0 <= post.suppression <= 1.0:
@@ -250,7 +255,11 @@ def _validate_box_prior(post: PostConfig) -> None:
 
 
 def to_dict(obj: Any) -> Any:
-    """A JSON-ready dict of a (nested) config dataclass; tuples become lists."""
+    """A JSON-ready dict of a (nested) config dataclass; tuples become lists; method sections are ``model.<key>``."""
+    if isinstance(obj, ModelConfig):
+        out = {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name != "method_sections"}
+        out.update({key: to_dict(section) for key, section in obj.method_sections})
+        return out
     if dataclasses.is_dataclass(obj):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (tuple, list)):
@@ -308,10 +317,19 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") 
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    sections: dict[str, Any] = {}
+    if cls is ModelConfig:  # each method's own section: model.<key>
+        names.discard("method_sections")
+        types_ = _method_section_types()
+        for key in [k for k in data if k in types_]:
+            sections[key] = from_dict(types_[key], data.pop(key), f"{where}.{key}")
+        names |= set(types_)
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(names)}")
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    if sections:
+        kwargs["method_sections"] = tuple(sections.items())
     return cls(**kwargs)
 
 

@@ -1,9 +1,10 @@
-"""Evaluate a FiLo++ model on an MVTec/VisA-layout root: metrics, a table, overlays, predictions.
+"""The evaluation harness every method shares: settings, shot choice, the scoring loop, overlays, the report.
 
-Zero-shot uses no target images. k-shot fills the patch memory with k normal images of the
-class's ``train/good`` folder: indices drawn with ``seed`` from the sorted list and recorded in
-``metrics.json``, so every run is reproducible. Maps are scored at the model's input resolution
-(masks resized to it and thresholded at 0.5).
+:func:`evaluate` runs a model's method (``model.cfg.method``, :mod:`fgad.methods.registry`) over every class
+of an MVTec/VisA-layout root and writes metrics, a table, overlays and predictions; the method's
+``evaluate_class`` loads its references and calls :func:`score_samples`. k-shot references are k normal
+images of the class's ``train/good`` folder, indices drawn with ``seed`` from the sorted list
+(:func:`choose_shots`) and recorded in ``metrics.json``, so every run is reproducible.
 """
 
 from __future__ import annotations
@@ -22,12 +23,9 @@ from tqdm import tqdm
 
 from fgad.config import BackboneConfig
 from fgad.core.atomic import atomic_write_json, atomic_write_text
-from fgad.core.cells import POSITIONS
 from fgad.core.metrics import compute_metrics, markdown_table, mean_metrics
 from fgad.core.transforms import preprocess, preprocess_mask, resize_image
-from fgad.data.datasets import Sample, discover, load_sample_arrays, load_sample_raw
-from fgad.methods.filo.model import FiLoPlusPlus
-from fgad.methods.filo.priors.base import BoxPrior, BoxPriorResult, build_box_prior
+from fgad.data.datasets import Sample, discover, load_sample_raw
 from fgad.runtime.overlay import render_panel, save_image_rgb
 
 log = logging.getLogger(__name__)
@@ -39,7 +37,7 @@ class EvalSettings:
     seed: int = 0
     batch_size: int = 4
     num_overlays: int = 8  # overlay PNGs per class (spread over defect types and good images)
-    box_prior: str = "none"  # none | objectness | grounding-dino (fgad.methods.filo.priors.base)
+    box_prior: str = "none"  # none | objectness | grounding-dino (methods with box priors: FiLo++)
     box_model: str | None = None  # grounding-dino: Hugging Face model id or local folder (overrides the config)
     max_images: int | None = None  # per class, for quick looks; None = all
     extra: dict[str, Any] = field(default_factory=dict)
@@ -87,64 +85,13 @@ def _overlay_picks(samples: Sequence[Sample], count: int) -> set[Path]:
     return set(picks)
 
 
-@torch.no_grad()
-def evaluate_class(
-    model: FiLoPlusPlus,
-    root: str | Path,
-    class_name: str,
-    settings: EvalSettings,
-    out_dir: Path | None,
-    progress: bool = True,
-) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, Any]]:
-    if getattr(model, "method", "filo") in ("finegrained", "combined"):  # per-class few-shot model (+ FiLo++)
-        from fgad.methods.finegrained.evaluate import evaluate_class_fgad
-
-        return evaluate_class_fgad(model, root, class_name, settings, out_dir, progress)  # type: ignore[arg-type]
-    bb = model.cfg.backbone
-    size = bb.image_size
-    model.eval()
-    info: dict[str, Any] = {}
-    model.clear_memory()
-    if settings.shots > 0:
-        train_good = discover(root, "train", [class_name])
-        idx = choose_shots(train_good, settings.shots, settings.seed)
-        refs = [load_sample_arrays(train_good[i], size, bb.mean, bb.std) for i in idx]
-        bad = [str(train_good[i].image_path) for i, r in zip(idx, refs, strict=True) if r is None]
-        if bad:
-            raise ValueError(f"reference image(s) unreadable: {bad}")
-        model.set_reference_images(torch.from_numpy(np.stack([r[0] for r in refs])))
-        info["reference_images"] = [str(train_good[i].image_path) for i in idx]
-    samples = _test_samples(root, class_name, settings.max_images)
-    prior = _box_prior(model, settings)
-    prompts = model.prompts.prepare(class_name)
-    descriptions = prompts.abnormal_descriptions()
-    metrics, predictions, seconds = _score_samples(
-        samples,
-        lambda x: model(x, class_name, box_prior=prior),
-        lambda out, j: {
-            "best_description": descriptions[int(out.best_description[j])],
-            **_prior_prediction(out.prior, j),
-        },
-        root=root,
-        class_name=class_name,
-        settings=settings,
-        backbone=bb,
-        map_size=size,
-        out_dir=out_dir,
-        desc=f"eval {class_name} ({settings.shots}-shot)",
-        progress=progress,
-    )
-    info.update({"images": len(predictions), "seconds": seconds, "seconds_per_image": seconds / len(predictions)})
-    return metrics, predictions, info
-
-
-def _test_samples(root: str | Path, class_name: str, max_images: int | None) -> list[Sample]:
+def test_samples(root: str | Path, class_name: str, max_images: int | None) -> list[Sample]:
     """The class's test images, evenly subsampled to ``max_images`` when that is set."""
     samples = discover(root, "test", [class_name])
     return list(samples) if max_images is None else _subsample(samples, max_images)
 
 
-def _score_samples(
+def score_samples(
     samples: Sequence[Sample],
     infer: Callable[[torch.Tensor], Any],
     describe: Callable[[Any, int], dict[str, Any]],
@@ -205,30 +152,6 @@ def _score_samples(
     return metrics, predictions, seconds
 
 
-def _box_prior(model: FiLoPlusPlus, settings: EvalSettings) -> BoxPrior:
-    """The prior named in the settings, with ``box_model`` replacing the config's detector."""
-    post = model.cfg.post
-    if settings.box_model:
-        from fgad.config import replace
-
-        post = replace(post, grounding=replace(post.grounding, model=settings.box_model))
-    return build_box_prior(settings.box_prior, model=model, post=post)
-
-
-def _prior_prediction(prior: BoxPriorResult | None, j: int) -> dict[str, Any]:
-    """What a box prior chose for image ``j``: its position cell and kept boxes (xyxy pixels at input size)."""
-    if prior is None or prior.position is None:
-        return {}
-    out: dict[str, Any] = {"position": POSITIONS[int(prior.position[j])]}
-    if prior.boxes is not None and prior.valid is not None:
-        kept = prior.valid[j].tolist()
-        out["boxes"] = [[round(float(v), 1) for v in box] for box, ok in zip(prior.boxes[j].tolist(), kept,
-                                                                               strict=True) if ok]
-    if prior.phrases is not None:
-        out["phrases"] = list(prior.phrases[j])
-    return out
-
-
 def _subsample(samples: Sequence[Sample], limit: int) -> list[Sample]:
     """An even spread over the (sorted) list, so every defect type stays represented."""
     if len(samples) <= limit:
@@ -253,7 +176,7 @@ def _write_overlay(out_dir: Path, class_name: str, sample: Sample, amap: np.ndar
 
 
 def evaluate(
-    model: FiLoPlusPlus,
+    model: Any,
     root: str | Path,
     out_dir: str | Path | None,
     classes: Sequence[str] | None = None,
@@ -263,7 +186,9 @@ def evaluate(
     """Evaluate every class; write metrics.json, metrics.md, predictions.jsonl and overlays."""
     settings = settings or EvalSettings()
     from fgad.data.datasets import list_classes
+    from fgad.methods.registry import get_method
 
+    method = get_method(model.cfg.method)
     names = list(classes) if classes else list_classes(root)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -272,7 +197,7 @@ def evaluate(
     info: dict[str, Any] = {}
     all_predictions: list[dict[str, Any]] = []
     for name in names:
-        metrics, predictions, class_info = evaluate_class(model, root, name, settings, out, progress)
+        metrics, predictions, class_info = method.evaluate_class(model, root, name, settings, out, progress)
         per_class[name] = metrics
         info[name] = class_info
         all_predictions.extend(predictions)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fgad.bundle.staging import check_target, staged_bundle, utc_timestamp, write_references_npz
 from fgad.bundle import staging as bundle_io
+from fgad.bundle.staging import check_target, staged_bundle, utc_timestamp, write_references_npz
 
 
 def _contents(folder: Path) -> dict[str, str]:

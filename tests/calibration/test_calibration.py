@@ -19,10 +19,10 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from fgad.bundle import BundleError, file_sha256
+from fgad.bundle import QUANTIZATION_REPORT_FILE, BundleError, file_sha256
 from fgad.calibration import bundle as bundle_mod
 from fgad.calibration import qdq as qdq_mod
-from fgad.calibration.bundle import MIN_CALIBRATION_IMAGES, REPORT_FILE, quantize_bundle
+from fgad.calibration.bundle import MIN_CALIBRATION_IMAGES, quantize_bundle
 from fgad.calibration.families import FAMILIES, classify_nodes, ensure_node_names
 from fgad.calibration.images import ImageCalibrationReader, list_calibration_images, read_calibration_images
 from fgad.calibration.qdq import (
@@ -43,9 +43,8 @@ from fgad.cli.calibrate import main as calibrate_main
 from fgad.core.io import read_image
 from fgad.core.transforms import OPENAI_MEAN, OPENAI_STD, preprocess
 from fgad.data.synthetic import make_synthetic_dataset
-from fgad.export.bundle import write_bundle
+from fgad.export.bundle import export_bundle
 from fgad.runtime.pipeline import Detector, Result
-
 from tests.helpers.tiny import CLASS_NAME, make_config, make_model
 
 SIZE = 112
@@ -111,7 +110,7 @@ def held_out(data: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def fp32_bundle(tmp_path_factory: pytest.TempPathFactory, refs: list[Path]) -> Path:
     cfg = make_config()
-    return write_bundle(tmp_path_factory.mktemp("fp32") / "bundle", make_model(cfg), cfg.model, CLASS_NAME, refs)
+    return export_bundle(tmp_path_factory.mktemp("fp32") / "bundle", make_model(cfg), cfg.model, CLASS_NAME, refs)
 
 
 @pytest.fixture(scope="module")
@@ -365,10 +364,10 @@ def test_int8_bundle_loads_and_runs_in_the_runtime(fp32_bundle: Path, int8_bundl
     quant = manifest["quantization"]
     assert quant["method"] == "percentile" and quant["images"] == 8 and quant["percentile"] == 99.999
     assert set(quant["kept_float"]) == {f for f in DEFAULT_KEEP_FLOAT.families
-                                        if json.loads((int8_bundle / REPORT_FILE).read_text())
+                                        if json.loads((int8_bundle / QUANTIZATION_REPORT_FILE).read_text())
                                         ["families"][f]["nodes"]}
     assert quant["fp32_model_sha256"] == fp32_manifest["sha256"]["model.onnx"]
-    assert sorted(p.name for p in int8_bundle.iterdir()) == ["manifest.json", "model.onnx", REPORT_FILE,
+    assert sorted(p.name for p in int8_bundle.iterdir()) == ["manifest.json", "model.onnx", QUANTIZATION_REPORT_FILE,
                                                              "references.npz"]
     assert sorted(p.name for p in int8_bundle.parent.iterdir()) == ["bundle"]  # no temporary folders left
     assert file_sha256(fp32_bundle / "model.onnx") == fp32_manifest["sha256"]["model.onnx"]  # source untouched

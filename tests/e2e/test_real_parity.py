@@ -17,10 +17,9 @@ import torch
 
 from fgad.core.metrics import image_auroc, pixel_auroc
 from fgad.data.datasets import discover, load_sample_arrays
-from fgad.export.bundle import load_reference_images, write_bundle
+from fgad.export.bundle import export_bundle, load_reference_images
 from fgad.methods.filo.export_module import FiloExportModule
 from fgad.methods.filo.frozen_text import freeze_text, freeze_text_bank
-
 from tests.helpers.tiny import make_config, make_model
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "magnetic_tile"
@@ -72,7 +71,7 @@ def _check(real: dict, tmp_path: Path, text_mode: str, deform: str) -> None:
     from fgad.runtime.pipeline import Detector
 
     model = real["model"]
-    bundle = write_bundle(
+    bundle = export_bundle(
         tmp_path / "bundle", model, model.cfg, CLASS, real["refs"], text_mode=text_mode, deform=deform
     )
     detector = Detector.from_bundle(bundle, knn="numpy")

@@ -1,4 +1,4 @@
-"""Bundles end to end: fgad-export on a checkpoint with synthetic references, write_bundle in the other
+"""Bundles end to end: fgad-export on a checkpoint with synthetic references, export_bundle in the other
 flavours, the manifest and references against docs/bundle.md, and refusal when parity fails."""
 
 from __future__ import annotations
@@ -15,21 +15,21 @@ import torch
 from click.testing import CliRunner, Result
 
 import fgad
+import fgad.export.bundle as bundle_mod
+from fgad.backbone.checkpoint import WEIGHTS_FILE, save_checkpoint
 from fgad.cli.export import main as export_main
-from fgad.export import bundle as bundle_mod
 from fgad.export.bundle import (
-    frozen_text_error,
+    export_bundle,
     list_reference_images,
     load_reference_images,
     sha256_file,
-    write_bundle,
 )
 from fgad.export.onnx_export import TOLERANCES, ExportParityError, check_against_torch, run_onnx
-from fgad.methods.filo.checkpoint import WEIGHTS_FILE, load_checkpoint, save_checkpoint
+from fgad.methods.filo.checkpoint import load_checkpoint
+from fgad.methods.filo.export import frozen_text_error
 from fgad.methods.filo.export_module import FiloExportModule
-from fgad.methods.filo.frozen_text import freeze_text
+from fgad.methods.filo.frozen_text import freeze_text, freeze_text_bank
 from fgad.methods.filo.model import FiLoPlusPlus
-
 from tests.helpers.tiny import CLASS_NAME, make_config, make_images
 
 
@@ -182,7 +182,7 @@ def bank_bundle(tmp_path_factory: pytest.TempPathFactory, coop_model: FiLoPlusPl
     """Zero-shot, bank text, ONNX DeformConv; CoOp + per-image filtering, where the bank graph is exact."""
     model = coop_model
     out = tmp_path_factory.mktemp("bank") / "bundle"
-    return write_bundle(out, model, model.cfg, CLASS_NAME, None, text_mode="bank", deform="onnx"), model
+    return export_bundle(out, model, model.cfg, CLASS_NAME, None, text_mode="bank", deform="onnx"), model
 
 
 def test_bank_bundle_with_deformconv(bank_bundle: tuple[Path, FiLoPlusPlus]) -> None:
@@ -202,7 +202,7 @@ def test_bank_bundle_with_deformconv(bank_bundle: tuple[Path, FiLoPlusPlus]) -> 
     assert parity["inputs"] == "3 synthetic images" and parity["max_abs_diff_vl_map"] <= TOLERANCES["vl_map"]
     # the graph filters per image: two different images get different text pairs, like the model
     images = make_images(2, seed=21)
-    report = check_against_torch(FiloExportModule(model, bundle_mod.freeze_text_bank(model, CLASS_NAME, None)),
+    report = check_against_torch(FiloExportModule(model, freeze_text_bank(model, CLASS_NAME, None)),
                                  out / "model.onnx", images)
     assert report["max_abs_diff_global_prob"] <= TOLERANCES["global_prob"]
     err = frozen_text_error(model, CLASS_NAME, images, text_mode="bank")
@@ -229,11 +229,11 @@ def test_failed_parity_writes_no_bundle(
                 module.linear_heads.maps[0].bias.add_(0.5)  # shared with ``model``
         return Path(path)
 
-    monkeypatch.setattr(bundle_mod, "export_onnx", copy_export)
+    monkeypatch.setattr(bundle_mod, "export_onnx", copy_export)  # the writer's own reference
     refs = list_reference_images(refs_dir)
     try:
         with pytest.raises(ExportParityError, match="output 'vl_map'") as info:
-            write_bundle(tmp_path / "bad", model, model.cfg, CLASS_NAME, refs)
+            export_bundle(tmp_path / "bad", model, model.cfg, CLASS_NAME, refs)
     finally:
         with torch.no_grad():
             bias.copy_(saved)
@@ -243,7 +243,7 @@ def test_failed_parity_writes_no_bundle(
     corrupt["on"] = False
     monkeypatch.setitem(TOLERANCES, "vl_map", 0.0)
     with pytest.raises(ExportParityError, match=r"output 'vl_map'.*> tolerance 0"):
-        write_bundle(tmp_path / "bad", model, model.cfg, CLASS_NAME, refs)
+        export_bundle(tmp_path / "bad", model, model.cfg, CLASS_NAME, refs)
     assert not list(tmp_path.iterdir())
 
 
@@ -262,5 +262,5 @@ def test_cli_reports_user_errors_in_one_line(tmp_path: Path, checkpoint: Path, r
     (stray / "notes.txt").write_text("keep me")
     model = reference["model"]
     with pytest.raises(FileExistsError, match="not a bundle"):
-        write_bundle(stray, model, model.cfg, CLASS_NAME, None)
+        export_bundle(stray, model, model.cfg, CLASS_NAME, None)
     assert (stray / "notes.txt").read_text() == "keep me"

@@ -11,14 +11,13 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
+from fgad.backbone.checkpoint import save_checkpoint
 from fgad.cli.export import main as export_main
-from fgad.export.bundle import list_reference_images, load_reference_images, write_bundle
+from fgad.export.bundle import export_bundle, list_reference_images, load_reference_images
 from fgad.export.onnx_export import TOLERANCES, check_against_torch
-from fgad.methods.filo.checkpoint import save_checkpoint
 from fgad.methods.filo.export_module import FiloExportModule
 from fgad.methods.filo.frozen_text import freeze_text, freeze_text_bank
 from fgad.methods.filo.model import FiLoPlusPlus
-
 from tests.helpers.tiny import CLASS_NAME, make_config, make_images, make_model
 
 pytestmark = pytest.mark.slow
@@ -36,7 +35,7 @@ def test_full_tiny_graph_in_every_flavour(
     full_model: FiLoPlusPlus, refs_dir: Path, tmp_path: Path, text_mode: str, deform: str
 ) -> None:
     external = text_mode == "bank" and deform == "onnx"  # the > 2 GB layout, on a small graph
-    out = write_bundle(tmp_path / "bundle", full_model, full_model.cfg, CLASS_NAME,
+    out = export_bundle(tmp_path / "bundle", full_model, full_model.cfg, CLASS_NAME,
                        list_reference_images(refs_dir), text_mode=text_mode, deform=deform, external_data=external)
     manifest: dict[str, Any] = json.loads((out / "manifest.json").read_text())
     files = ["manifest.json", "model.onnx", *(["model.onnx.data"] if external else []), "references.npz"]

@@ -172,7 +172,6 @@ def mini_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from fgad.export.onnx_export import export_onnx
     from fgad.methods.filo.export_module import FiloExportModule
     from fgad.methods.filo.frozen_text import freeze_text, freeze_text_bank
-
     from tests.helpers.tiny import CLASS_NAME, make_config, make_images, make_model
 
     model = make_model(make_config())

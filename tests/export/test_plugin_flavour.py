@@ -158,8 +158,8 @@ def test_flavour_names_and_the_bundle_refusal(tmp_path: Path) -> None:
         "decomposed", "onnx", "onnx", "plugin"]
     with pytest.raises(ValueError, match="deform='grid'.*native"):
         normalize_deform("grid")
-    from fgad.export.bundle import write_bundle
+    from fgad.export.bundle import export_bundle
 
     with pytest.raises(ValueError, match="must run in onnxruntime.*deform='plugin'"):
-        write_bundle(tmp_path / "b", None, None, "tile", None, deform="plugin")  # type: ignore[arg-type]
+        export_bundle(tmp_path / "b", None, None, "tile", None, deform="plugin")  # type: ignore[arg-type]
     assert not (tmp_path / "b").exists()

@@ -135,8 +135,7 @@ def test_cli_argument_errors(tmp_path: Path) -> None:
 def test_cli_export_with_engine_but_no_tensorrt_still_writes_the_onnx_bundle(
     tmp_path: Path, refs_dir: Path, cocoop_model: Any, no_tensorrt: None
 ) -> None:
-    from fgad.methods.filo.checkpoint import save_checkpoint
-
+    from fgad.backbone.checkpoint import save_checkpoint
     from tests.helpers.tiny import CLASS_NAME, make_config
 
     checkpoint = save_checkpoint(tmp_path / "ckpt", cocoop_model, make_config(), pretrained=None)

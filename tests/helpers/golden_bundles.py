@@ -71,9 +71,9 @@ def _fgad_model():  # noqa: ANN202
 
 
 def _write(out: Path, model: Any, class_name: str, refs: list[Path] | None, **kwargs: Any) -> Path:
-    from fgad.export.bundle import write_bundle
+    from fgad.export.bundle import export_bundle
 
-    return write_bundle(out, model, model.cfg, class_name, refs, **kwargs)
+    return export_bundle(out, model, model.cfg, class_name, refs, **kwargs)
 
 
 def _filo_frozen(out: Path, work: Path) -> Path:

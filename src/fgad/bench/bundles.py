@@ -36,11 +36,11 @@ def build_random_model(config: str, image_size: int | None = None, seed: int = 0
 
 def export_bundle(model: Any, class_name: str, refs: Sequence[Path], out: Path, deform: str = "decomposed") -> Path:
     """Export ``model`` for ``class_name`` with ``refs`` (the few-shot references and CoCoOp conditioning)."""
-    from fgad.export.bundle import write_bundle
+    from fgad.export.bundle import export_bundle
 
     for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._export"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return write_bundle(out, model, model.cfg, class_name, list(refs) or None, deform=deform)
+    return export_bundle(out, model, model.cfg, class_name, list(refs) or None, deform=deform)
 
 
 def int8_bundle(bundle: Path, out: Path, calib_dir: Path | None, method: str = "entropy",

@@ -39,6 +39,16 @@ from fgad.bundle.references import npz_array_shapes, reference_keys
 from fgad.bundle.shapes import check_graph
 from fgad.bundle.spec import (
     BOX_PRIOR_OUTPUTS,
+    ENGINE_FILE,
+    FORMAT_VERSION,
+    GRAPH_BOX_PRIORS,
+    INPUT_NAME,
+    MODEL_FILE,
+    PLUGIN_DIR,
+    QDQ_FILE,
+    QUANTIZATION_REPORT_FILE,
+    REFERENCES_FILE,
+    REQUIRED_OUTPUTS,
     SUPPORTED_FORMAT_VERSIONS,
     BoxPriorSpec,
     EngineSpec,
@@ -50,11 +60,23 @@ from fgad.bundle.spec import (
     TextSpec,
     ThresholdSpec,
 )
-from fgad.bundle.spec import MANIFEST_NAME as MANIFEST_NAME
+from fgad.bundle.spec import MANIFEST_FILE as MANIFEST_FILE
+from fgad.bundle.spec import token_output as token_output
 
 __all__ = [
-    "SUPPORTED_FORMAT_VERSIONS",
     "BOX_PRIOR_OUTPUTS",
+    "ENGINE_FILE",
+    "FORMAT_VERSION",
+    "GRAPH_BOX_PRIORS",
+    "INPUT_NAME",
+    "MANIFEST_FILE",
+    "MODEL_FILE",
+    "PLUGIN_DIR",
+    "QDQ_FILE",
+    "QUANTIZATION_REPORT_FILE",
+    "REFERENCES_FILE",
+    "REQUIRED_OUTPUTS",
+    "SUPPORTED_FORMAT_VERSIONS",
     "BoxPriorSpec",
     "BundleError",
     "EngineSpec",
@@ -73,4 +95,5 @@ __all__ = [
     "load_manifest",
     "npz_array_shapes",
     "reference_keys",
+    "token_output",
 ]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fgad.bundle.references import check_references
 from fgad.bundle.shapes import check_box_prior, check_outputs
-from fgad.bundle.spec import MANIFEST_NAME, Manifest
+from fgad.bundle.spec import MANIFEST_FILE, Manifest
 
 __all__ = ["check_contents"]
 
@@ -17,6 +17,6 @@ __all__ = ["check_contents"]
 def check_contents(manifest: Manifest, bundle_dir: str | os.PathLike[str]) -> None:
     """Output names and shapes vs ``input.size``/``grid``/``box_prior``, and ``references.npz``; raises BundleError."""
     root = Path(bundle_dir)
-    check_outputs(manifest, root / MANIFEST_NAME)
-    check_box_prior(manifest, root / MANIFEST_NAME)
+    check_outputs(manifest, root / MANIFEST_FILE)
+    check_box_prior(manifest, root / MANIFEST_FILE)
     check_references(manifest, root)

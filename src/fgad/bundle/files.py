@@ -8,7 +8,7 @@ import re
 from pathlib import Path, PurePosixPath
 
 from fgad.bundle.errors import REEXPORT, BundleError
-from fgad.bundle.spec import MANIFEST_NAME, Manifest
+from fgad.bundle.spec import MANIFEST_FILE, Manifest
 
 __all__ = ["bundle_file", "check_files", "file_sha256"]
 
@@ -27,7 +27,7 @@ def bundle_file(root: Path, name: str, field_name: str) -> Path:
     rel = PurePosixPath(name.replace("\\", "/"))
     if not name or rel.is_absolute() or ".." in rel.parts or re.match(r"^[A-Za-z]:", name):
         raise BundleError(
-            f"{root / MANIFEST_NAME}: field '{field_name}' names '{name}', which is not a file inside the bundle; "
+            f"{root / MANIFEST_FILE}: field '{field_name}' names '{name}', which is not a file inside the bundle; "
             f"{REEXPORT}",
             field_name,
         )
@@ -35,7 +35,7 @@ def bundle_file(root: Path, name: str, field_name: str) -> Path:
 
 
 def check_files(manifest: Manifest, root: Path, verify_hashes: bool) -> None:
-    where = root / MANIFEST_NAME
+    where = root / MANIFEST_FILE
     needed = [("engine.file", manifest.engine.file)]
     if manifest.engine.fallback is not None:
         needed.append(("engine.fallback.file", manifest.engine.fallback.file))

@@ -17,7 +17,7 @@ from typing import Any
 from fgad.bundle.engine import parse_compute_capability
 from fgad.bundle.errors import REEXPORT, BundleError
 from fgad.bundle.spec import (
-    MANIFEST_NAME,
+    MANIFEST_FILE,
     SUPPORTED_FORMAT_VERSIONS,
     BoxPriorSpec,
     EngineSpec,
@@ -281,9 +281,9 @@ def load_manifest(bundle_dir: str | os.PathLike[str]) -> Manifest:
     root = Path(bundle_dir)
     if not root.is_dir():
         raise BundleError(f"bundle '{root}' is not a folder; pass the folder written by fgad-export")
-    path = root / MANIFEST_NAME
+    path = root / MANIFEST_FILE
     if not path.is_file():
-        raise BundleError(f"bundle '{root}' has no {MANIFEST_NAME}; pass the folder written by fgad-export")
+        raise BundleError(f"bundle '{root}' has no {MANIFEST_FILE}; pass the folder written by fgad-export")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -11,7 +11,7 @@ import numpy as np
 
 from fgad.bundle.errors import REEXPORT, BundleError
 from fgad.bundle.files import bundle_file
-from fgad.bundle.spec import MANIFEST_NAME, Manifest
+from fgad.bundle.spec import MANIFEST_FILE, Manifest
 
 __all__ = ["check_references", "npz_array_shapes", "reference_keys"]
 
@@ -57,7 +57,7 @@ def reference_keys(layers: Sequence[int], names: Sequence[str]) -> dict[int, str
 def check_references(manifest: Manifest, root: Path) -> None:
     if not manifest.fewshot.file:
         return
-    where = root / MANIFEST_NAME
+    where = root / MANIFEST_FILE
     if not manifest.fewshot.layers:
         raise BundleError(
             f"{where}: field 'fewshot.file' is set but 'fewshot.layers' is empty; {REEXPORT}", "fewshot.layers"

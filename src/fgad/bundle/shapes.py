@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from fgad.bundle.errors import REEXPORT, BundleError
-from fgad.bundle.spec import GRAPH_BOX_PRIORS, MANIFEST_NAME, REQUIRED_OUTPUTS, Manifest
+from fgad.bundle.spec import GRAPH_BOX_PRIORS, MANIFEST_FILE, REQUIRED_OUTPUTS, Manifest
 
 __all__ = ["check_box_prior", "check_graph", "check_outputs"]
 
@@ -95,7 +95,7 @@ def check_graph(
     manifest: Manifest,
     input_shapes: Mapping[str, Sequence[int | None]],
     output_shapes: Mapping[str, Sequence[int | None]],
-    where: str = MANIFEST_NAME,
+    where: str = MANIFEST_FILE,
 ) -> None:
     """Compare the engine's declared input/output shapes (None for dynamic dims) with the manifest."""
 

@@ -10,10 +10,19 @@ from typing import Any
 
 __all__ = [
     "BOX_PRIOR_OUTPUTS",
+    "ENGINE_FILE",
+    "FORMAT_VERSION",
     "GRAPH_BOX_PRIORS",
-    "MANIFEST_NAME",
+    "INPUT_NAME",
+    "MANIFEST_FILE",
+    "MODEL_FILE",
+    "PLUGIN_DIR",
+    "QDQ_FILE",
+    "QUANTIZATION_REPORT_FILE",
+    "REFERENCES_FILE",
     "REQUIRED_OUTPUTS",
     "SUPPORTED_FORMAT_VERSIONS",
+    "token_output",
     "BoxPriorSpec",
     "EngineSpec",
     "FewshotSpec",
@@ -26,14 +35,35 @@ __all__ = [
     "ThresholdSpec",
 ]
 
+# ---- every name the contract fixes, declared once for the writers (export, calibration) and the runtime
+
+#: The manifest format version writers write.
+FORMAT_VERSION = 1
 #: Manifest format versions this runtime understands.
-SUPPORTED_FORMAT_VERSIONS: tuple[int, ...] = (1,)
-MANIFEST_NAME = "manifest.json"
+SUPPORTED_FORMAT_VERSIONS: tuple[int, ...] = (FORMAT_VERSION,)
+#: Files of a bundle folder.
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.onnx"  # the ONNX graph (fp32, or Q/DQ int8 in an int8 bundle)
+REFERENCES_FILE = "references.npz"  # few-shot memory: layer_<l> unit rows, paths
+ENGINE_FILE = "model.engine"  # a TensorRT plan
+QDQ_FILE = "model.qdq.onnx"  # the Q/DQ graph an int8 engine is built from
+PLUGIN_DIR = "plugins"  # TensorRT plugin libraries
+QUANTIZATION_REPORT_FILE = "quantization.json"  # an int8 bundle's record of what stayed float
+#: The graph's one input: images [B, 3, s, s].
+INPUT_NAME = "image"
+#: Outputs every graph has, first and in this order; ``tokens_<layer>`` (:func:`token_output`) follow.
 REQUIRED_OUTPUTS: tuple[str, ...] = ("vl_map", "global_prob", "best_description")
-#: Outputs of a graph with a box prior inside: the chosen position cell and the few-shot map's weight.
+#: Outputs of a graph with a box prior inside, after the tokens: the chosen position cell and the few-shot
+#: map's weight.
 BOX_PRIOR_OUTPUTS: tuple[str, ...] = ("position", "region_weight")
-#: Box priors a bundle's graph can hold (fgad.methods.filo.export_module.GRAPH_BOX_PRIORS).
+#: Box priors a bundle's graph can hold.
 GRAPH_BOX_PRIORS: tuple[str, ...] = ("none", "objectness")
+
+
+def token_output(layer: int) -> str:
+    """Name of the graph output holding the patch tokens of ``layer``."""
+    return f"tokens_{layer}"
+
 
 Shape = tuple[int | None, ...]
 
@@ -149,7 +179,7 @@ class Manifest:
     @staticmethod
     def token_output(layer: int) -> str:
         """Name of the graph output holding the patch tokens of ``layer``."""
-        return f"tokens_{layer}"
+        return token_output(layer)
 
     def token_dim(self, layer: int) -> int | None:
         """D of ``tokens_<layer>`` as declared in ``outputs`` (None if unknown)."""

@@ -28,19 +28,17 @@ from typing import Any
 
 import numpy as np
 
-from fgad.bundle import BundleError, Manifest, file_sha256, load_manifest
+from fgad.bundle import MANIFEST_FILE, QUANTIZATION_REPORT_FILE, BundleError, Manifest, file_sha256, load_manifest
 from fgad.bundle.staging import check_target, staged_bundle, utc_timestamp, write_references_npz
 from fgad.calibration.images import list_calibration_images, preprocess_images, seeded_subset
 from fgad.calibration.qdq import DEFAULT_KEEP_FLOAT, DEFAULT_PERCENTILE, KeepFloat, QuantizationReport, quantize_qdq
 from fgad.core.atomic import atomic_write_json
 from fgad.runtime.backends import check_manifest
 
-__all__ = ["MIN_CALIBRATION_IMAGES", "REPORT_FILE", "bundle_reference_paths", "calibration_paths", "quantize_bundle"]
+__all__ = ["MIN_CALIBRATION_IMAGES", "bundle_reference_paths", "calibration_paths", "quantize_bundle"]
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "manifest.json"
-REPORT_FILE = "quantization.json"
 #: Fewest images accepted for calibration when they are taken from the bundle's references by default
 #: (a handful of few-shot references gives ranges from too few views of the part).
 MIN_CALIBRATION_IMAGES = 8
@@ -156,7 +154,7 @@ def _manifest_entry(report: QuantizationReport, source: str, references: str, ch
         "fp32_model_sha256": fp32_sha,
         "references": references,
         "check": check,
-        "report": REPORT_FILE,
+        "report": QUANTIZATION_REPORT_FILE,
         "onnxruntime": onnxruntime.__version__,
         "created": utc_timestamp(),
     }
@@ -210,7 +208,7 @@ def quantize_bundle(
     engine_files = {manifest.engine.file, *(manifest.raw.get("engine", {}).get("external_data") or [])}
     with staged_bundle(out) as tmp:
         for name in manifest.sha256:
-            if name in engine_files or name == REPORT_FILE:
+            if name in engine_files or name == QUANTIZATION_REPORT_FILE:
                 continue
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(root / name, tmp / name)
@@ -236,7 +234,7 @@ def quantize_bundle(
                             root, ", ".join(str(p) for p in missing[:3]) or "no paths recorded")
         del fp32, int8
 
-        atomic_write_json(tmp / REPORT_FILE, report.to_dict())
+        atomic_write_json(tmp / QUANTIZATION_REPORT_FILE, report.to_dict())
         data = dict(manifest.raw)
         data["engine"] = {**data["engine"], "precision": "int8", "external_data": None}
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)

@@ -35,7 +35,8 @@ def main(bundle_dir: Path, calib_dir: Path | None, out_dir: Path, method: str, p
     setup_logging(verbose)
     import json
 
-    from fgad.calibration.bundle import REPORT_FILE, quantize_bundle
+    from fgad.bundle import QUANTIZATION_REPORT_FILE
+    from fgad.calibration.bundle import quantize_bundle
     from fgad.calibration.qdq import QuantizationError
 
     try:
@@ -52,7 +53,7 @@ def main(bundle_dir: Path, calib_dir: Path | None, out_dir: Path, method: str, p
     click.echo(f"int8 vs fp32 on the calibration images: vl_map correlation min {check['vl_map_corr_min']:.4f}, "
                f"global_prob max |diff| {check['global_prob_max_abs_diff']:.3g}")
     click.echo(f"references: {info['references']}")
-    click.echo(f"bundle: {out} (every kept-float node: {out / REPORT_FILE})")
+    click.echo(f"bundle: {out} (every kept-float node: {out / QUANTIZATION_REPORT_FILE})")
 
 
 if __name__ == "__main__":

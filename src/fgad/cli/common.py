@@ -70,7 +70,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [ConfigError, FileNotFoundError, KeyError, ValueError]
     for module, name in (
         ("fgad.backbone.clip_loader", "WeightsUnavailableError"),
-        ("fgad.methods.filo.checkpoint", "CheckpointError"),
+        ("fgad.backbone.checkpoint", "CheckpointError"),
         ("fgad.bundle", "BundleError"),
     ):
         if module in sys.modules:

@@ -89,7 +89,7 @@ def _export_and_run(model, config, target: Path, out_dir: Path) -> None:  # noqa
     from fgad.core.io import read_image
     from fgad.core.metrics import image_auroc
     from fgad.data.datasets import discover
-    from fgad.export.bundle import write_bundle
+    from fgad.export.bundle import export_bundle
     from fgad.runtime.overlay import render_panel, save_image_rgb
     from fgad.runtime.pipeline import Detector
 
@@ -97,7 +97,7 @@ def _export_and_run(model, config, target: Path, out_dir: Path) -> None:  # noqa
     bundle = out_dir / "bundle"
     if bundle.exists():
         shutil.rmtree(bundle)
-    write_bundle(bundle, model, config.model, "mesh", refs)
+    export_bundle(bundle, model, config.model, "mesh", refs)
     manifest = json.loads((bundle / "manifest.json").read_text())
     parity = manifest["parity"]
     detector = Detector.from_bundle(bundle, refs=refs, threshold="auto")  # leave-one-out over the references

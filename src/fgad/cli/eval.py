@@ -50,21 +50,21 @@ def main(checkpoint: Path | None, config_name: str | None, data_root: Path, out_
     if (checkpoint is None) == (config_name is None):
         raise click.UsageError("pass exactly one of --checkpoint or --config")
     if checkpoint is not None:
-        from fgad.methods.finegrained.checkpoint import load_any_checkpoint  # FiLo++ or FineGrainedAD
+        from fgad.methods.registry import load_any_checkpoint  # any method's, by the checkpoint
 
         model, _, _ = load_any_checkpoint(checkpoint, pretrained=pretrained, combine_with=combine_with)
         source = str(checkpoint)
     else:
         from fgad.config import load_config
-        from fgad.methods.filo.build import build_model
+        from fgad.methods.registry import get_method
 
         if combine_with is not None:
             raise click.UsageError("--combine-with needs a FineGrainedAD --checkpoint")
         model_cfg = load_config(config_name).model
-        if model_cfg.method == "finegrained":
-            raise click.UsageError(f"{config_name} is a FineGrainedAD config: train a class first (fgad-train "
-                                   "--class-name NAME --shots K) and evaluate its --checkpoint")
-        model = build_model(model_cfg, pretrained=pretrained)
+        try:
+            model = get_method(model_cfg.method).build(model_cfg, pretrained=pretrained)
+        except ValueError as err:  # a per-class method needs a trained checkpoint
+            raise click.UsageError(str(err)) from None
         source = f"untrained {config_name}"
     if banks:
         model.prompts.add_banks(banks)
@@ -72,8 +72,10 @@ def main(checkpoint: Path | None, config_name: str | None, data_root: Path, out_
                             box_prior=box_prior, box_model=box_model, max_images=max_images,
                             extra={"source": source})
     with torch.no_grad():
-        per_class = getattr(model, "method", "") in ("finegrained", "combined")
-        own_class = [model.class_name] if per_class else None  # a FineGrainedAD model knows one class
+        from fgad.methods.registry import get_method
+
+        per_class = get_method(model.cfg.method).per_class
+        own_class = [model.class_name] if per_class else None  # a per-class model knows its one class
         names = split_classes(classes) or own_class
         result = evaluate(model, data_root, out_dir, names, settings, progress=progress)
     click.echo((out_dir / "metrics.md").read_text())

@@ -108,9 +108,9 @@ def main(checkpoint: Path | None, class_name: str | None, bundle_dir: Path | Non
     setup_logging(verbose)
     import torch
 
-    from fgad.export.bundle import list_reference_images, resize_model, sha256_file, write_bundle
+    from fgad.backbone.checkpoint import WEIGHTS_FILE
+    from fgad.export.bundle import export_bundle, list_reference_images, resize_model, sha256_file
     from fgad.export.onnx_export import ExportError
-    from fgad.methods.filo.checkpoint import WEIGHTS_FILE
     from fgad.methods.finegrained.checkpoint import load_any_checkpoint
 
     refs = list_reference_images(refs_dir) if refs_dir is not None else None
@@ -135,7 +135,7 @@ def main(checkpoint: Path | None, class_name: str | None, bundle_dir: Path | Non
             checkpoint_meta["backbone_fingerprint"] = None  # the resized backbone has its own fingerprint
             click.echo(f"image size {note['trained']} -> {note['exported']}: position grid {note['position_grid']}")
     try:
-        bundle = write_bundle(out_dir, model, model.cfg, class_name, refs, text_mode=text_mode,
+        bundle = export_bundle(out_dir, model, model.cfg, class_name, refs, text_mode=text_mode,
                               deform=export_deform, checkpoint_meta=checkpoint_meta, opset=opset,
                               approximation_images=measure_on, box_prior=box_prior)
     except (ExportError, FileExistsError) as err:

@@ -44,41 +44,19 @@ def main(config_name: str, data_root: Path, out_dir: Path, pretrained: str | Non
     e.g. --config fgad-vitb16p-240 --class-name bottle --shots 4."""
     setup_logging(verbose)
     from fgad.config import load_config
+    from fgad.methods.base import TrainOptionError, TrainRequest
+    from fgad.methods.registry import get_method
 
-    if load_config(config_name).model.method == "finegrained":
-        from fgad.methods.finegrained.train import cli_train
-
-        if classes or len(banks) > 1 or epochs_phase1 is not None or epochs_phase2 is not None or max_steps_per_epoch:
-            raise click.UsageError("--classes/--epochs-phase1/2/--max-steps-per-epoch are FiLo++ options; a "
-                                   "FineGrainedAD config takes --class-name, --shots, --epochs and at most one --bank")
-        cli_train(config_name, data_root, out_dir, class_name, shots, pretrained=pretrained, epochs=epochs, seed=seed,
-                  seed_file=seed_file, captions=captions, bank=Path(banks[0]) if banks else None, resume=resume,
-                  progress=progress, echo=click.echo)
-        return
-    if class_name or shots is not None or epochs is not None or seed_file or captions:
-        raise click.UsageError("--class-name/--shots/--epochs/--seed-file/--captions need a FineGrainedAD config "
-                               "(e.g. --config fgad-vitb16p-240)")
-    from fgad.methods.filo.build import build_model
-    from fgad.methods.filo.train import train
-
-    overrides: dict = {"train": {}, "model": {}}
-    for key, value in (("epochs_phase1", epochs_phase1), ("epochs_phase2", epochs_phase2),
-                       ("max_steps_per_epoch", max_steps_per_epoch), ("seed", seed)):
-        if value is not None:
-            overrides["train"][key] = value
-    if banks:
-        overrides["model"]["prompts"] = {"banks": list(banks)}
-    if pretrained is not None:
-        overrides["model"]["backbone"] = {"pretrained": pretrained}
-    config = load_config(config_name, overrides)
-    model = build_model(config.model, seed=config.train.seed)
-    result = train(model, config, data_root, out_dir, pretrained=config.model.backbone.pretrained,
-                   classes=split_classes(classes), resume=resume, progress=progress)
-    for rec in result.losses:
-        click.echo(f"phase {rec['phase']} epoch {rec['epoch']}: loss {rec['loss']:.4f} "
-                   f"({rec['steps']} steps, {rec['seconds']:.1f}s)")
-    click.echo(f"checkpoint: {result.out_dir}")
-
+    method = get_method(load_config(config_name).model.method)
+    request = TrainRequest(config=config_name, data_root=data_root, out_dir=out_dir, pretrained=pretrained,
+                           classes=tuple(split_classes(classes) or ()), epochs_phase1=epochs_phase1,
+                           epochs_phase2=epochs_phase2, max_steps_per_epoch=max_steps_per_epoch, seed=seed,
+                           banks=banks, class_name=class_name, shots=shots, epochs=epochs, seed_file=seed_file,
+                           captions=captions, resume=resume, progress=progress, echo=click.echo)
+    try:
+        method.train(request)
+    except TrainOptionError as err:
+        raise click.UsageError(str(err)) from None
 
 if __name__ == "__main__":
     main()

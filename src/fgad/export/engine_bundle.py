@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from fgad.bundle import MANIFEST_NAME, Manifest, file_sha256, load_manifest
+from fgad.bundle import ENGINE_FILE, MANIFEST_FILE, PLUGIN_DIR, QDQ_FILE, Manifest, file_sha256, load_manifest
 from fgad.bundle.staging import parity_tolerance
 from fgad.core.atomic import atomic_path, atomic_write_json
 from fgad.export.deform_flavours import PLUGIN_ID, deformconv_to_plugin, normalize_deform
@@ -64,9 +64,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ENGINE_FILE = "model.engine"
-QDQ_FILE = "model.qdq.onnx"
-PLUGIN_DIR = "plugins"
 #: Largest accepted |TensorRT - onnxruntime fp32| per output, by engine precision. fp32 engines are built with
 #: TF32 off, so only GPU vs CPU reduction order differs (~1e-5 measured for the ONNX graph on CPU; the bound
 #: leaves room for ViT-L's longer sums). fp16 and int8 bounds are first estimates from the output ranges
@@ -282,7 +279,7 @@ def add_engine(
         raise ValueError(f"coverage={coverage!r}: use 'fail' or 'warn'")
     root = Path(bundle_dir)
     manifest = load_manifest(root)
-    where = root / MANIFEST_NAME
+    where = root / MANIFEST_FILE
     check_manifest(manifest, root, backend="onnxruntime")  # the graph, references and hashes are intact
     onnx_file, opset = _onnx_spec(manifest, where)
     flavour = _flavour(manifest.deform, deform, where)
@@ -368,7 +365,7 @@ def add_engine(
         sha = {k: v for k, v in dict(raw.get("sha256") or {}).items() if k not in old}
         sha.update({name: file_sha256(root / name) for name in new_files})
         raw["sha256"] = sha
-        atomic_write_json(root / MANIFEST_NAME, raw)
+        atomic_write_json(root / MANIFEST_FILE, raw)
         for stale in old - set(new_files):
             (root / stale).unlink(missing_ok=True)
         log.info("bundle %s: %s installed (%s, TensorRT %s, sm %s); %s stays as the fallback", root, ENGINE_FILE,

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from fgad.backbone.deform import ModulatedDeformConv2d, exportable
+from fgad.bundle.spec import INPUT_NAME
 from fgad.bundle.staging import parity_tolerance
 from fgad.export.deform_flavours import (
     DEFORM_FLAVOURS,
@@ -49,7 +50,6 @@ from fgad.export.deform_flavours import (
     ort_runnable,
     register_plugin_schema,
 )
-from fgad.methods.filo.model import FiLoPlusPlus
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -67,7 +67,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 19
-INPUT_NAME = "image"
 
 #: Largest accepted |onnxruntime - PyTorch| per output (fp32 on CPU). Measured differences on the
 #: tiny test model are ~1e-6 (maps, tokens) and ~1e-7 (global_prob); the bounds leave room for the
@@ -428,15 +427,12 @@ def run_onnx(onnx_path: str | os.PathLike[str], images: np.ndarray, batch_size: 
 TieCheck = Callable[[nn.Module, torch.Tensor, np.ndarray, np.ndarray], np.ndarray]
 
 
-def _description_ties(module: nn.Module, images: torch.Tensor, got: np.ndarray, want: np.ndarray) -> np.ndarray:
-    """For each image, whether the two chosen prompts are equally close to G_a (a tie, not an error)."""
-    with torch.no_grad():
-        feats = module.backbone(images)
-        adapted = FiLoPlusPlus.adapted_global(module, feats.global_embed)  # type: ignore[arg-type]
-        sims = (adapted @ module.abnormal.T).cpu()  # [B, P]
-    rows = torch.arange(sims.shape[0])
-    gap = (sims[rows, torch.from_numpy(got)] - sims[rows, torch.from_numpy(want)]).abs()
-    return (gap <= TIE_TOLERANCE).numpy()
+def _module_ties(module: nn.Module, images: torch.Tensor, got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """The export module's own tie rule (``module.description_ties(images, got, want)``), else no ties."""
+    rule = getattr(module, "description_ties", None)
+    if rule is None:
+        return np.zeros(got.shape, dtype=bool)
+    return np.asarray(rule(images, got, want), dtype=bool)
 
 
 def check_against_torch(
@@ -453,8 +449,9 @@ def check_against_torch(
     Returns ``max_abs_diff_<output>`` per float output, ``best_description_mismatches`` (ties
     excluded), ``best_description_ties`` and ``images``. Raises :class:`ExportParityError` naming the
     first output beyond its tolerance (:data:`TOLERANCES`). ``description_ties(module, images, got, want)``
-    says per image whether two different ``best_description`` choices are a tie (default: FiLo++'s
-    abnormal prompts against the adapted global feature).
+    says per image whether two different ``best_description`` choices are a tie (default: the module's own
+    ``description_ties(images, got, want)``, e.g. FiLo++'s abnormal prompts against the adapted global feature;
+    a module without one has no ties).
     """
     tol = dict(TOLERANCES if tolerances is None else tolerances)
     module = module.eval()
@@ -477,7 +474,7 @@ def check_against_torch(
             raise ExportParityError(name, float("inf"), 0.0, {"shape_onnx": got.shape, "shape_torch": want.shape})
         if name == "best_description":
             differ = got != want
-            is_tie = description_ties or _description_ties
+            is_tie = description_ties or _module_ties
             ties = is_tie(module, images, got, want) & differ if differ.any() else np.zeros_like(differ)
             mismatches = int((differ & ~ties).sum())
             report["best_description_mismatches"] = mismatches

@@ -19,14 +19,13 @@ import torch
 
 from fgad.config import Config, load_config
 from fgad.core.cells import NUM_POSITIONS, POSITIONS
-from fgad.export.bundle import list_reference_images, load_reference_images, write_bundle
+from fgad.export.bundle import export_bundle, list_reference_images, load_reference_images
 from fgad.export.onnx_export import TOLERANCES, check_against_torch
 from fgad.methods.filo.export_module import FiloExportModule, output_names
 from fgad.methods.filo.frozen_text import freeze_text, freeze_text_bank
 from fgad.methods.filo.model import FiLoPlusPlus
 from fgad.methods.filo.priors.base import build_box_prior, one_hot_positions
 from fgad.methods.filo.scoring import l2n
-
 from tests.helpers.tiny import CLASS_NAME, MINI_HEADS, make_images, make_model
 
 EXACT = 1e-6
@@ -123,7 +122,7 @@ def test_none_keeps_the_graph_and_other_priors_are_refused(model: FiLoPlusPlus) 
 
 def test_write_bundle_refuses_grounding_dino(model: FiLoPlusPlus, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"fgad-eval --box-prior grounding-dino"):
-        write_bundle(tmp_path / "b", model, model.cfg, CLASS_NAME, None, box_prior="grounding-dino")
+        export_bundle(tmp_path / "b", model, model.cfg, CLASS_NAME, None, box_prior="grounding-dino")
     assert not list(tmp_path.iterdir())
 
 
@@ -132,10 +131,10 @@ def test_write_bundle_refuses_grounding_dino(model: FiLoPlusPlus, tmp_path: Path
 
 @pytest.fixture(scope="module")
 def prior_bundle(model: FiLoPlusPlus, refs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Bank text (exact for CoOp + per-image filtering), references, objectness in the graph; write_bundle itself
+    """Bank text (exact for CoOp + per-image filtering), references, objectness in the graph; export_bundle itself
     checks onnxruntime against PyTorch on the references and refuses to write on a mismatch."""
     out = tmp_path_factory.mktemp("prior") / "bundle"
-    return write_bundle(out, model, model.cfg, CLASS_NAME, list_reference_images(refs_dir), text_mode="bank")
+    return export_bundle(out, model, model.cfg, CLASS_NAME, list_reference_images(refs_dir), text_mode="bank")
 
 
 def test_manifest_records_the_prior(prior_bundle: Path, model: FiLoPlusPlus) -> None:

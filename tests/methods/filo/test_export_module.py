@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from fgad.core.cells import NUM_POSITIONS
-from fgad.export.bundle import frozen_text_error, load_reference_images, resize_model
+from fgad.export.bundle import load_reference_images
+from fgad.methods.filo.export import frozen_text_error, resize_model
 from fgad.methods.filo.export_module import FiloExportModule, output_names
 from fgad.methods.filo.frozen_text import freeze_text, freeze_text_bank
 from fgad.methods.filo.model import FiLoPlusPlus
 from fgad.methods.filo.scoring import l2n
-
 from tests.helpers.tiny import CLASS_NAME, make_images
 
 EXACT = 1e-6  # same ops in the same order; only reduction order may differ

@@ -19,7 +19,6 @@ from fgad.methods.filo.priors.objectness import (
     token_source,
 )
 from fgad.methods.filo.scoring import l2n
-
 from tests.helpers.tiny import CLASS_NAME
 
 

@@ -23,7 +23,6 @@ from fgad.methods.filo.priors.base import (
     result_from_boxes,
 )
 from fgad.methods.filo.scoring import l2n
-
 from tests.helpers.tiny import CLASS_NAME
 
 SIZES = [3, 4, 97, 101, 112, 224, 240, 336, 518, 1001]

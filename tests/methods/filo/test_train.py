@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from fgad.backbone.checkpoint import CheckpointError, read_checkpoint_meta, save_checkpoint
 from fgad.config import load_config
 from fgad.data.synthetic import make_synthetic_dataset
 from fgad.methods.filo.build import build_model
-from fgad.methods.filo.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta, save_checkpoint
+from fgad.methods.filo.checkpoint import load_checkpoint
 from fgad.methods.filo.train import class_batches, train
 
 logging.getLogger("root").setLevel(logging.ERROR)  # open_clip's "initialized randomly" notices

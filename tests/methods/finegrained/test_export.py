@@ -1,7 +1,7 @@
 """FineGrainedAD export: the frozen-text graph, ONNX parity, the bundle, and the torch-free runtime's parity.
 
 One tiny model is trained for two epochs on synthetic data (2 shots) and exported once per session
-through :func:`fgad.export.bundle.write_bundle` (which dispatches on ``method: finegrained``).
+through :func:`fgad.export.bundle.export_bundle` (which dispatches on ``method: finegrained``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from fgad.core.io import read_image
 from fgad.core.smoothing import upsample_align_corners
 from fgad.core.transforms import preprocess
 from fgad.data.synthetic import make_synthetic_dataset
-from fgad.export.bundle import write_bundle
+from fgad.export.bundle import export_bundle
 from fgad.export.onnx_export import run_onnx
 from fgad.methods.finegrained.captions.schema import CaptionRecord, Entity
 from fgad.methods.finegrained.export import FgadExportModule, runtime_post
@@ -62,7 +62,7 @@ def trained(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> FineGr
 @pytest.fixture(scope="module")
 def bundle(trained: FineGrainedAD, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("fgad_bundle") / "bundle"
-    return write_bundle(out, trained, trained.cfg, CLASS, refs=None)
+    return export_bundle(out, trained, trained.cfg, CLASS, refs=None)
 
 
 def _test_images(data_root: Path) -> tuple[list[Path], torch.Tensor]:
@@ -135,9 +135,9 @@ def test_fgad_export_refuses_what_it_cannot_honour(trained: FineGrainedAD, tmp_p
     from fgad.export.bundle import resize_model
 
     with pytest.raises(ValueError, match="trained for class"):
-        write_bundle(tmp_path / "b", trained, trained.cfg, "tile", refs=None)
+        export_bundle(tmp_path / "b", trained, trained.cfg, "tile", refs=None)
     with pytest.raises(ValueError, match="frozen"):
-        write_bundle(tmp_path / "b", trained, trained.cfg, CLASS, refs=None, text_mode="bank")
+        export_bundle(tmp_path / "b", trained, trained.cfg, CLASS, refs=None, text_mode="bank")
     with pytest.raises(ValueError, match="image-size"):
         resize_model(trained, 224, None)  # type: ignore[arg-type]
     assert not (tmp_path / "b").exists()
@@ -178,5 +178,5 @@ def test_harmonic_fusion_matches_the_torch_steps() -> None:
 def test_box_priors_are_refused_for_finegrained(trained: FineGrainedAD, tmp_path: Path) -> None:
     out = tmp_path / "bundle"
     with pytest.raises(ValueError, match="box priors are FiLo\\+\\+'s"):
-        write_bundle(out, trained, trained.cfg, CLASS, refs=None, box_prior="objectness")
+        export_bundle(out, trained, trained.cfg, CLASS, refs=None, box_prior="objectness")
     assert not out.exists()

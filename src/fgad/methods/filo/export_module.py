@@ -28,29 +28,26 @@ few-shot map. ``grounding-dino`` cannot be part of the graph
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from fgad.backbone.postprocess import suppress_outside
+from fgad.bundle.spec import BOX_PRIOR_OUTPUTS, GRAPH_BOX_PRIORS, REQUIRED_OUTPUTS, token_output
 from fgad.methods.filo.frozen_text import FrozenText
 from fgad.methods.filo.model import FiLoPlusPlus, TextPair
 from fgad.methods.filo.priors.objectness import ObjectnessHead, objectness_text, objectness_tokens
 from fgad.methods.filo.scoring import filter_masks, l2n, masked_direction, two_way_logits
 
-__all__ = ["GRAPH_BOX_PRIORS", "INPUT_NAME", "PRIOR_OUTPUTS", "FiloExportModule", "output_names"]
+__all__ = ["FiloExportModule", "check_graph_box_prior", "output_names"]
 
-INPUT_NAME = "image"
 _NO_MATCH = -2.0  # below any cosine: prompts at unselected positions never win (as in FiLoPlusPlus)
-#: Box priors an exported graph can hold.
-GRAPH_BOX_PRIORS = ("none", "objectness")
-#: Extra outputs of a graph with a box prior, after the tokens.
-PRIOR_OUTPUTS = ("position", "region_weight")
 
 
 def output_names(memory_layers: tuple[int, ...] | list[int], box_prior: str = "none") -> list[str]:
     """The graph's output names, in order (docs/bundle.md)."""
-    names = ["vl_map", "global_prob", "best_description", *(f"tokens_{i}" for i in memory_layers)]
-    return names if box_prior == "none" else [*names, *PRIOR_OUTPUTS]
+    names = [*REQUIRED_OUTPUTS, *(token_output(i) for i in memory_layers)]
+    return names if box_prior == "none" else [*names, *BOX_PRIOR_OUTPUTS]
 
 
 def check_graph_box_prior(name: str) -> None:
@@ -149,6 +146,18 @@ class FiloExportModule(nn.Module):
                         valid_abnormal=valid)
 
     # ------------------------------------------------------------------ forward
+    def description_ties(self, images: torch.Tensor, got: np.ndarray, want: np.ndarray) -> np.ndarray:
+        """For each image, whether the two chosen prompts are equally close to G_a (a tie, not an error)."""
+        from fgad.export.onnx_export import TIE_TOLERANCE
+
+        with torch.no_grad():
+            feats = self.backbone(images)
+            adapted = FiLoPlusPlus.adapted_global(self, feats.global_embed)  # type: ignore[arg-type]
+            sims = (adapted @ self.abnormal.T).cpu()  # [B, P]
+        rows = torch.arange(sims.shape[0])
+        gap = (sims[rows, torch.from_numpy(got)] - sims[rows, torch.from_numpy(want)]).abs()
+        return (gap <= TIE_TOLERANCE).numpy()
+
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         feats = self.backbone(image)
         g_adapted = FiLoPlusPlus.adapted_global(self, feats.global_embed)  # type: ignore[arg-type]

@@ -19,16 +19,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fgad.backbone.checkpoint import TrainState, backbone_fingerprint, load_train_state, load_trainable, save_checkpoint
 from fgad.backbone.postprocess import upsample
 from fgad.config import Config
 from fgad.data.datasets import Sample, discover
-from fgad.methods.filo.checkpoint import (
-    TrainState,
-    backbone_fingerprint,
-    load_train_state,
-    load_trainable,
-    save_checkpoint,
-)
 from fgad.methods.filo.losses import segmentation_loss, two_way_ce
 from fgad.methods.filo.model import FiLoPlusPlus
 from fgad.methods.filo.priors.base import all_positions, positions_from_masks

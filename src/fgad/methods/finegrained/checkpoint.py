@@ -1,12 +1,12 @@
 """FineGrainedAD checkpoints: fgad's checkpoint format plus one ``finegrained.json``.
 
-The directory holds what :mod:`fgad.methods.filo.checkpoint` writes (``config.json`` with the full config,
+The directory holds what :mod:`fgad.backbone.checkpoint` writes (``config.json`` with the full config,
 weights source and backbone fingerprint; ``weights.safetensors`` with the learned MLLP tensors;
 ``state.pt``) and ``finegrained.json``: the class, its prompt texts (so the model is rebuilt from the
 texts it was trained with, whatever the shipped caption records say later) and the k shots. The
 galleries are not stored: they are recomputed from the recorded shot images.
 
-:func:`load_any_checkpoint` loads either method's checkpoint, for the CLIs.
+:func:`fgad.methods.registry.load_any_checkpoint` loads any method's checkpoint, for the CLIs.
 """
 
 from __future__ import annotations
@@ -15,28 +15,22 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fgad.backbone.checkpoint import CheckpointError, backbone_fingerprint, load_trainable, read_checkpoint_meta
 from fgad.config import Config, config_from_dict
 from fgad.core.atomic import atomic_write_json
-from fgad.methods.filo.checkpoint import (
-    CheckpointError,
-    backbone_fingerprint,
-    load_checkpoint,
-    load_trainable,
-    read_checkpoint_meta,
-)
 from fgad.methods.finegrained.mllp import MllpTexts
 from fgad.methods.finegrained.model import FineGrainedAD, build_finegrained
+from fgad.methods.finegrained.spec import CHECKPOINT_MARKER
 
 __all__ = [
     "FINEGRAINED_FILE",
     "is_finegrained_checkpoint",
-    "load_any_checkpoint",
     "load_finegrained_checkpoint",
     "read_finegrained_meta",
     "write_finegrained_meta",
 ]
 
-FINEGRAINED_FILE = "finegrained.json"
+FINEGRAINED_FILE = CHECKPOINT_MARKER
 
 
 def write_finegrained_meta(out_dir: str | Path, texts: MllpTexts, shots: dict[str, Any]) -> Path:
@@ -88,36 +82,3 @@ def load_finegrained_checkpoint(
     model.reference_paths = list(extra.get("shots", {}).get("paths", []))  # galleries: loaded on demand
     meta["finegrained"] = extra
     return model.eval(), config, meta
-
-
-def load_any_checkpoint(
-    ckpt_dir: str | Path,
-    pretrained: str | None = None,
-    combine_with: str | Path | None = None,
-    combine: bool = True,
-) -> tuple[Any, Config, dict[str, Any]]:
-    """A FiLo++ or FineGrainedAD checkpoint, by the method its config names.
-
-    With ``combine`` (evaluation), a FineGrainedAD checkpoint is wrapped into the combined mode
-    (:mod:`fgad.methods.finegrained.combined`) with the FiLo++ checkpoint ``combine_with``, or with its config's
-    ``finegrained.combine_with`` when ``finegrained.combined`` is true. Export passes ``combine=False``.
-    """
-    if not is_finegrained_checkpoint(ckpt_dir):
-        if combine_with is not None:
-            raise CheckpointError(f"{ckpt_dir} is a FiLo++ checkpoint: pass the FineGrainedAD one as --checkpoint "
-                                  "and the FiLo++ one as --combine-with")
-        return load_checkpoint(ckpt_dir, pretrained=pretrained)
-    model, config, meta = load_finegrained_checkpoint(ckpt_dir, pretrained=pretrained)
-    if not combine:
-        return model, config, meta
-    fc = config.model.finegrained
-    partner = combine_with if combine_with is not None else (fc.combine_with if fc.combined else None)
-    if fc.combined and partner is None:
-        raise CheckpointError(f"{ckpt_dir}: finegrained.combined is true but no FiLo++ checkpoint is named; "
-                              "pass --combine-with FILO_CHECKPOINT")
-    if partner is not None:
-        from fgad.methods.finegrained.combined import load_combined
-
-        meta["combined_with"] = str(partner)
-        return load_combined(model, partner, pretrained=pretrained), config, meta
-    return model, config, meta

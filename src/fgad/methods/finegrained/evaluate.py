@@ -1,4 +1,5 @@
-"""Evaluation of a FineGrainedAD model on its class (called by :func:`fgad.evaluation.evaluate_class`).
+"""Evaluation of a FineGrainedAD model on its class (the method's ``evaluate_class``, run by
+:func:`fgad.evaluation.evaluate`).
 
 The same function evaluates the combined mode (:class:`fgad.methods.finegrained.combined.CombinedModel`), at
 FiLo++'s input size.
@@ -51,7 +52,7 @@ def evaluate_class_fgad(
 ) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, Any]]:
     """Metrics, per-image predictions and run info, as :func:`fgad.evaluation.evaluate_class` returns them."""
     from fgad.data.datasets import discover
-    from fgad.evaluation import _score_samples, _test_samples, choose_shots
+    from fgad.evaluation import choose_shots, score_samples, test_samples
 
     if class_name != model.class_name:
         raise ValueError(
@@ -76,8 +77,8 @@ def evaluate_class_fgad(
     info["reference_images"] = list(model.reference_paths)
     label = "FiLo++ + FineGrainedAD" if model.method == "combined" else "FineGrainedAD"
     names = model.pair_names
-    metrics, predictions, seconds = _score_samples(
-        _test_samples(root, class_name, settings.max_images),
+    metrics, predictions, seconds = score_samples(
+        test_samples(root, class_name, settings.max_images),
         lambda x: model(x, class_name),
         lambda out, j: {"best_description": names[int(out.best_description[j])]},
         root=root,

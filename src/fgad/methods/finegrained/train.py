@@ -168,14 +168,14 @@ def train_finegrained(
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> FgadTrainResult:
     """Train ``model`` (its class is ``model.class_name``) on k shots; checkpoint to ``out_dir`` every epoch."""
-    from fgad.data.datasets import discover
-    from fgad.methods.filo.checkpoint import (
+    from fgad.backbone.checkpoint import (
         TrainState,
         backbone_fingerprint,
         load_train_state,
         load_trainable,
         save_checkpoint,
     )
+    from fgad.data.datasets import discover
 
     fc, bb = config.model.finegrained, config.model.backbone
     class_name = model.class_name

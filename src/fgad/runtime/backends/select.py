@@ -14,7 +14,7 @@ from fgad.bundle.checks import check_contents
 from fgad.bundle.engine import check_tensorrt_engine
 from fgad.bundle.errors import BundleError
 from fgad.bundle.files import check_files
-from fgad.bundle.spec import MANIFEST_NAME, EngineSpec, Manifest
+from fgad.bundle.spec import MANIFEST_FILE, EngineSpec, Manifest
 from fgad.runtime.backends.base import Backend
 
 __all__ = [
@@ -135,7 +135,7 @@ def _resolve(manifest: Manifest, root: Path, backend: str, quiet: bool) -> tuple
     engine, fallback = manifest.engine, manifest.engine.fallback
     if fallback is None:
         return engine, False
-    where = root / MANIFEST_NAME
+    where = root / MANIFEST_FILE
     if backend != "auto":
         kind = _BACKEND_KINDS.get(backend)
         if kind is not None and kind != engine.kind and kind == fallback.kind:
@@ -179,9 +179,9 @@ def check_engine(manifest: Manifest, root: Path, backend: str) -> None:
     """The engine :func:`resolve_engine` picks can run here: a backend for its kind, and for a TensorRT engine
     the TensorRT major version and GPU it was built for; raises :class:`BundleError`."""
     engine, checked = _resolve(manifest, root, backend, quiet=False)
-    select_backend(engine.kind, backend, where=str(root / MANIFEST_NAME))
+    select_backend(engine.kind, backend, where=str(root / MANIFEST_FILE))
     if engine.kind == "tensorrt" and not checked:
-        check_tensorrt_engine(engine, root / MANIFEST_NAME)
+        check_tensorrt_engine(engine, root / MANIFEST_FILE)
 
 
 def check_manifest(
