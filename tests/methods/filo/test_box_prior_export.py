@@ -24,7 +24,8 @@ from fgad.export.onnx_export import TOLERANCES, check_against_torch
 from fgad.methods.filo.export_module import FiloExportModule, output_names
 from fgad.methods.filo.frozen_text import freeze_text, freeze_text_bank
 from fgad.methods.filo.model import FiLoPlusPlus
-from fgad.methods.filo.priors.base import build_box_prior, one_hot_positions
+from fgad.methods.filo.priors.base import one_hot_positions
+from fgad.methods.filo.priors.registry import build_box_prior
 from fgad.methods.filo.scoring import l2n
 from tests.helpers.tiny import CLASS_NAME, MINI_HEADS, make_images, make_model
 

@@ -20,7 +20,8 @@ from scipy.ndimage import gaussian_filter
 from fgad.config import ModelConfig, replace
 from fgad.core.cells import POSITIONS
 from fgad.methods.filo.model import FiloOutput, FiLoPlusPlus
-from fgad.methods.filo.priors.base import build_box_prior, positions_from_masks
+from fgad.methods.filo.priors.base import positions_from_masks
+from fgad.methods.filo.priors.registry import build_box_prior
 from tests.helpers.tiny import CLASS_NAME, make_images
 
 ATOL = 1e-5  # float32 model vs float64 re-derivation

@@ -9,7 +9,6 @@ import torch
 from fgad.config import ObjectnessConfig, load_config
 from fgad.core.cells import position_index
 from fgad.methods.filo.model import FiLoPlusPlus
-from fgad.methods.filo.priors.base import build_box_prior
 from fgad.methods.filo.priors.objectness import (
     ObjectnessHead,
     ObjectnessPrior,
@@ -18,6 +17,7 @@ from fgad.methods.filo.priors.objectness import (
     objectness_tokens,
     token_source,
 )
+from fgad.methods.filo.priors.registry import build_box_prior
 from fgad.methods.filo.scoring import l2n
 from tests.helpers.tiny import CLASS_NAME
 

@@ -14,14 +14,13 @@ from fgad.core.cells import NUM_POSITIONS, position_index
 from fgad.methods.filo.model import FiLoPlusPlus
 from fgad.methods.filo.priors.base import (
     BoxPriorResult,
-    available_box_priors,
     best_box_position,
-    build_box_prior,
     cell_index,
     one_hot_positions,
     region_from_boxes,
     result_from_boxes,
 )
+from fgad.methods.filo.priors.registry import available_box_priors, build_box_prior
 from fgad.methods.filo.scoring import l2n
 from tests.helpers.tiny import CLASS_NAME
 

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from fgad.config import load_config
 from fgad.data.synthetic import make_synthetic_dataset
 from fgad.methods.finegrained.captions.schema import CaptionRecord, Entity, caption_to_dict
-from fgad.methods.finegrained.checkpoint import load_any_checkpoint, load_finegrained_checkpoint
+from fgad.methods.finegrained.checkpoint import load_finegrained_checkpoint
+from fgad.methods.registry import load_any_checkpoint
 from fgad.methods.finegrained.evaluate import load_references
 from fgad.methods.finegrained.mllp import build_mllp_texts
 from fgad.methods.finegrained.model import build_finegrained

@@ -17,7 +17,8 @@ from fgad.core.cells import POSITIONS
 from fgad.data.datasets import discover, load_sample_arrays
 from fgad.evaluation import EvalSettings, choose_shots, score_samples, test_samples
 from fgad.methods.filo.model import FiLoPlusPlus
-from fgad.methods.filo.priors.base import BoxPrior, BoxPriorResult, build_box_prior
+from fgad.methods.filo.priors.base import BoxPrior, BoxPriorResult
+from fgad.methods.filo.priors.registry import build_box_prior
 
 __all__ = ["evaluate_class"]
 

@@ -22,7 +22,7 @@ from fgad.export.plan import ExportOptions, ExportPlan
 from fgad.methods.filo.export_module import FiloExportModule, check_graph_box_prior
 from fgad.methods.filo.frozen_text import TEXT_MODES, FrozenText, freeze_text, freeze_text_bank
 from fgad.methods.filo.model import FiLoPlusPlus
-from fgad.methods.filo.priors.base import build_box_prior
+from fgad.methods.filo.priors.registry import build_box_prior
 
 __all__ = ["box_prior_entry", "expected_outputs", "export_plan", "frozen_text_error", "resize_model"]
 

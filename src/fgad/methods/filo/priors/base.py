@@ -2,7 +2,8 @@
 
 A prior turns images into boxes and, from them, a region mask R (λ-suppression outside it) and a
 one-hot mask over the 9 position cells (which abnormal position prompts are used). ``none`` is
-the whole image and all positions. Priors plug in behind one interface and one registry:
+the whole image and all positions. Priors plug in behind one interface (here) and one registry
+(:mod:`fgad.methods.filo.priors.registry`):
 
 * ``none``: :class:`NoBoxPrior`;
 * ``objectness``: :class:`fgad.methods.filo.priors.objectness.ObjectnessPrior`, foreground vs background
@@ -22,7 +23,6 @@ which only lowers the scores of images on which the detector found nothing match
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -33,22 +33,17 @@ from fgad.core.cells import NUM_POSITIONS, position_bands, position_index
 
 if TYPE_CHECKING:
     from fgad.backbone.dual_path import VisualFeatures
-    from fgad.config import PostConfig
-    from fgad.methods.filo.model import FiLoPlusPlus
 
 __all__ = [
     "BoxPrior",
     "BoxPriorResult",
     "NoBoxPrior",
     "all_positions",
-    "available_box_priors",
     "best_box_position",
-    "build_box_prior",
     "cell_index",
     "one_hot_positions",
     "positions_from_masks",
     "region_from_boxes",
-    "register_box_prior",
     "result_from_boxes",
 ]
 
@@ -181,59 +176,3 @@ def positions_from_masks(masks: torch.Tensor, labels: torch.Tensor) -> torch.Ten
         out[b] = 0.0
         out[b, position_index(cx, cy, size)] = 1.0
     return out
-
-
-# ---------------------------------------------------------------------------------- registry
-
-#: name -> factory(model, post config) -> prior. Detector priors import their heavy packages lazily.
-PriorFactory = Callable[["FiLoPlusPlus | None", "PostConfig | None"], BoxPrior]
-
-
-def _none(model: FiLoPlusPlus | None, post: PostConfig | None) -> BoxPrior:
-    return NoBoxPrior()
-
-
-def _objectness(model: FiLoPlusPlus | None, post: PostConfig | None) -> BoxPrior:
-    from fgad.methods.filo.priors.objectness import ObjectnessPrior
-
-    if model is None:
-        raise ValueError("the objectness box prior reads the model's patch tokens: pass model= to build_box_prior")
-    params = post.objectness if post is not None else model.cfg.post.objectness
-    return ObjectnessPrior(model, params)
-
-
-def _grounding(model: FiLoPlusPlus | None, post: PostConfig | None) -> BoxPrior:
-    from fgad.methods.filo.priors.grounding import GroundingDinoPrior
-
-    if post is None:
-        post = model.cfg.post if model is not None else None
-    if post is None or not post.grounding.model:
-        raise ValueError(
-            "the grounding-dino box prior needs a detector: give a Hugging Face model id or a local folder "
-            "(fgad-eval --box-model ID_OR_DIR, or post.grounding.model in the config)"
-        )
-    if model is None:
-        raise ValueError("the grounding-dino box prior needs the model (its input size and normalisation): pass model=")
-    banks = tuple(model.prompts.extra_banks) + tuple(model.cfg.prompts.banks)  # the prompts' search order
-    return GroundingDinoPrior.from_pretrained(post.grounding.model, post.grounding, model.cfg.backbone, banks)
-
-
-_PRIORS: dict[str, PriorFactory] = {"none": _none, "objectness": _objectness, "grounding-dino": _grounding}
-
-
-def register_box_prior(name: str, factory: PriorFactory) -> None:
-    """Add a prior under ``name`` (a factory taking ``(model, post_config)``)."""
-    _PRIORS[name] = factory
-
-
-def available_box_priors() -> list[str]:
-    return sorted(_PRIORS)
-
-
-def build_box_prior(name: str, model: FiLoPlusPlus | None = None, post: PostConfig | None = None) -> BoxPrior:
-    """The prior called ``name``; ``post`` overrides ``model.cfg.post`` (thresholds, detector, prompts)."""
-    try:
-        factory = _PRIORS[name]
-    except KeyError:
-        raise ValueError(f"unknown box prior {name!r}; available: {available_box_priors()}") from None
-    return factory(model, post)
