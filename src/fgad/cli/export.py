@@ -8,7 +8,6 @@ torch: the path on a Jetson, docs/jetson.md).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import click
 import numpy as np
 
 from fgad.cli.common import friendly_errors, setup_logging
+from fgad.cli.export_settings import DEFAULT_OPSET, DEFAULT_TEXT_MODE, EngineRequest, NewExport, export_settings
 
 ENGINES = ("onnx", "fp32", "fp16", "int8")
 #: --deform names: native = ONNX DeformConv (TensorRT >= 10.1 imports it); onnx is kept as its old name
@@ -55,7 +55,8 @@ DEFORM_CHOICES = ("decomposed", "native", "plugin", "onnx")
               show_default=True, help="--engine int8: how activation ranges are chosen.")
 @click.option("--allow-unsupported", is_flag=True,
               help="Build the engine even when the TensorRT coverage check finds unsupported nodes.")
-@click.option("--text", "text_mode", type=click.Choice(["frozen", "bank"]), default="frozen", show_default=True,
+@click.option("--text", "text_mode", type=click.Choice(["frozen", "bank"]), default=DEFAULT_TEXT_MODE,
+              show_default=True,
               help="frozen: one filtered text pair; bank: all prompt embeddings, filtered per image in the graph.")
 @click.option("--image-size", type=click.IntRange(min=1), default=None,
               help="Input size of the bundle (default: the checkpoint's); the position grid is resized.")
@@ -66,46 +67,48 @@ DEFORM_CHOICES = ("decomposed", "native", "plugin", "onnx")
               help="Box prior inside the graph (default: the config's post.box_prior). grounding-dino runs on the "
                    "PyTorch path only (fgad-eval) and is refused here.")
 @click.option("--bank", "banks", multiple=True, help="Extra description bank (JSON {class: [phrases]}).")
-@click.option("--opset", type=click.IntRange(16, None), default=19, show_default=True)
+@click.option("--opset", type=click.IntRange(16, None), default=DEFAULT_OPSET, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Bundle directory to write (required unless --bundle).")
 @click.option("-v", "--verbose", is_flag=True)
 @friendly_errors
-def main(checkpoint: Path | None, class_name: str | None, bundle_dir: Path | None, refs_dir: Path | None,
-         engine: str, deform: str | None, plugins: tuple[Path, ...], workspace_gb: float | None,
-         timing_cache: Path | None, max_batch: int, calib_dir: Path | None, calib_method: str,
-         allow_unsupported: bool, text_mode: str, image_size: int | None, measure_dir: Path | None,
-         box_prior: str | None, banks: tuple[str, ...], opset: int, out_dir: Path | None, verbose: bool) -> None:
+def main(**options: Any) -> None:
     """Write model.onnx, references.npz and manifest.json to OUT (docs/bundle.md); with --engine, model.engine."""
-    build = _EngineRequest(engine, deform, plugins, workspace_gb, timing_cache, max_batch, calib_dir, calib_method,
-                           allow_unsupported, verbose)
-    if bundle_dir is not None:
-        given = [name for name, value in (("--checkpoint", checkpoint), ("--class-name", class_name),
-                                          ("--out", out_dir), ("--image-size", image_size), ("--box-prior", box_prior),
-                                          ("--measure-on", measure_dir)) if value is not None]
-        if given or banks or text_mode != "frozen" or opset != 19:
-            what = ", ".join(given) or "the export options"
-            raise click.UsageError(f"--bundle builds the engine of an existing bundle; {what} belong to a new "
-                                   "export (use --out for that)")
-        if engine == "onnx":
-            raise click.UsageError("--bundle builds a TensorRT engine: give --engine fp32, fp16 or int8")
-        setup_logging(verbose)
-        _engine_for_bundle(bundle_dir, build, refs_dir, None)
+    settings = export_settings(options)
+    if settings.bundle_dir is not None:
+        setup_logging(settings.verbose)
+        _engine_for_bundle(settings.bundle_dir, settings.engine, settings.refs_dir, None)
         return
-    missing = [name for name, value in (("--checkpoint", checkpoint), ("--class-name", class_name),
-                                        ("--out", out_dir)) if value is None]
-    if missing:
-        raise click.UsageError(f"missing {', '.join(missing)} (or give --bundle DIR to build an existing bundle's "
-                               "engine)")
-    assert checkpoint is not None and class_name is not None and out_dir is not None
-    if box_prior == "grounding-dino":
+    assert settings.export is not None
+    _export_new_bundle(settings.export, settings.engine, settings.refs_dir, settings.verbose)
+
+
+def _export_new_bundle(export: NewExport, build: EngineRequest, refs_dir: Path | None, verbose: bool) -> None:
+    """A checkpoint -> a bundle, its report, then its engine (or, for --engine onnx, a TensorRT coverage note)."""
+    if export.box_prior == "grounding-dino":
         from fgad.methods.filo.priors.grounding import NEEDS_TORCH_MESSAGE
 
         raise click.ClickException(NEEDS_TORCH_MESSAGE)
     export_deform = build.export_flavour()
-    if engine != "onnx":
+    if build.engine != "onnx":
         build.warn_early()
     setup_logging(verbose)
+    bundle, refs = _write_new_bundle(export, refs_dir, export_deform)
+    manifest = _report_new_bundle(bundle)
+    if build.engine == "onnx":
+        _coverage_note(bundle / manifest["engine"]["file"], build)
+    else:
+        _engine_for_bundle(bundle, build, None, refs, written=True)
+
+
+def _write_new_bundle(export: NewExport, refs_dir: Path | None,
+                      export_deform: str) -> tuple[Path, list[Path] | None]:
+    """Load the checkpoint (torch), write the bundle; returns it and the reference images it was given."""
+    # The library calls below keep their argument names as local variables, so that changes made to those
+    # calls elsewhere apply to this block unchanged.
+    checkpoint, class_name, out_dir = export.checkpoint, export.class_name, export.out_dir
+    text_mode, image_size, measure_dir = export.text_mode, export.image_size, export.measure_dir
+    box_prior, banks, opset = export.box_prior, export.banks, export.opset
     import torch
 
     from fgad.backbone.checkpoint import WEIGHTS_FILE
@@ -140,10 +143,14 @@ def main(checkpoint: Path | None, class_name: str | None, bundle_dir: Path | Non
                               approximation_images=measure_on, box_prior=box_prior)
     except (ExportError, FileExistsError) as err:
         raise click.ClickException(str(err)) from err
+    return bundle, refs
 
+
+def _report_new_bundle(bundle: Path) -> dict[str, Any]:
+    """Print the parity and frozen-text figures the manifest records; returns the manifest."""
     import json
 
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest: dict[str, Any] = json.loads((bundle / "manifest.json").read_text())
     parity = manifest["parity"]
     click.echo(f"parity onnxruntime vs torch on {parity['images']} {parity['inputs']}:")
     for key, value in parity.items():
@@ -157,65 +164,10 @@ def main(checkpoint: Path | None, class_name: str | None, bundle_dir: Path | Non
                f"image score max {approx['max_abs_diff_image_score']:.3g} "
                f"(mean {approx['mean_abs_diff_image_score']:.3g})")
     click.echo(f"bundle: {bundle}")
-    if engine == "onnx":
-        _coverage_note(bundle / manifest["engine"]["file"], build)
-    else:
-        _engine_for_bundle(bundle, build, None, refs, written=True)
+    return manifest
 
 
 # ---------------------------------------------------------------------------------- TensorRT engines
-
-
-@dataclass(frozen=True)
-class _EngineRequest:
-    """The engine options of the command line, and what follows from them."""
-
-    engine: str
-    deform: str | None
-    plugins: tuple[Path, ...]
-    workspace_gb: float | None
-    timing_cache: Path | None
-    max_batch: int
-    calib_dir: Path | None
-    calib_method: str
-    allow_unsupported: bool
-    verbose: bool
-
-    def export_flavour(self) -> str:
-        """The flavour of model.onnx: the plugin flavour is made for the engine only (model.onnx keeps DeformConv,
-        which onnxruntime runs: the runtime's fallback)."""
-        from fgad.export.deform_flavours import normalize_deform
-
-        flavour = normalize_deform(self.deform or "decomposed")
-        if flavour == "plugin" and self.engine == "onnx":
-            click.echo("--deform plugin: model.onnx uses ONNX DeformConv (onnxruntime runs it); the plugin nodes are "
-                       "made when the engine is built: fgad-export --bundle OUT --engine fp16 --deform plugin "
-                       "--plugin LIB", err=True)
-        return "onnx" if flavour == "plugin" else flavour
-
-    def warn_early(self) -> None:
-        """Before a long export: say now what will stop the engine build later."""
-        from fgad.export.tensorrt_build import INSTALL_TENSORRT, tensorrt_installed
-
-        if self.deform == "plugin" and not self.plugins:
-            raise click.UsageError("--deform plugin needs --plugin PATH (the library built from cpp_ext)")
-        if not tensorrt_installed():
-            click.echo(f"warning: {INSTALL_TENSORRT}\nThe ONNX bundle will be written; the engine cannot be built "
-                       "on this machine.", err=True)
-
-    def options(self) -> Any:
-        from fgad.export.tensorrt_build import EngineBuildOptions
-
-        return EngineBuildOptions(precision=self.engine, workspace_gb=self.workspace_gb,
-                                  timing_cache=self.timing_cache, plugin_libraries=self.plugins,
-                                  max_batch=self.max_batch, verbose=self.verbose)
-
-    def rebuild_hint(self, bundle: Path) -> str:
-        parts = [f"fgad-export --bundle {bundle} --engine {self.engine}"]
-        if self.deform:
-            parts.append(f"--deform {self.deform}")
-        parts += [f"--plugin {p}" for p in self.plugins] or (["--plugin LIB"] if self.deform == "plugin" else [])
-        return " ".join(parts)
 
 
 def _preprocessed(paths: Sequence[Path], manifest: Any) -> np.ndarray:
@@ -244,7 +196,7 @@ def _check_images(bundle: Path, manifest: Any, refs_dir: Path | None,
     return None, "synthetic images"
 
 
-def _engine_for_bundle(bundle: Path, build: _EngineRequest, refs_dir: Path | None,
+def _engine_for_bundle(bundle: Path, build: EngineRequest, refs_dir: Path | None,
                        ref_paths: Sequence[Path] | None, written: bool = False) -> None:
     from fgad.bundle import load_manifest
     from fgad.export.engine_bundle import add_engine
@@ -293,7 +245,7 @@ def _engine_for_bundle(bundle: Path, build: _EngineRequest, refs_dir: Path | Non
 
 
 
-def _coverage_note(onnx_path: Path, build: _EngineRequest) -> None:
+def _coverage_note(onnx_path: Path, build: EngineRequest) -> None:
     """One line on whether TensorRT will take the exported graph (the bundle is useful either way)."""
     from fgad.export.op_coverage import check_tensorrt_coverage
 

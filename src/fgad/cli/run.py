@@ -19,6 +19,7 @@ from typing import IO, Any
 import click
 
 from fgad.cli.common import friendly_errors, setup_logging
+from fgad.cli.run_settings import DetectorSettings, OutputSettings, SourceSettings, run_settings
 
 logger = logging.getLogger("fgad.run")
 
@@ -100,81 +101,47 @@ class _Fps:
               help="Few-shot search.")
 @click.option("-v", "--verbose", is_flag=True)
 @friendly_errors
-def main(
-    bundle_dir: Path,
-    camera: int | None,
-    video: str | None,
-    images: str | None,
-    loop: bool,
-    refs: str | None,
-    threshold: float | str | None,
-    save_dir: Path | None,
-    jsonl_path: Path | None,
-    show: bool,
-    max_frames: int | None,
-    log_every: int,
-    backend: str,
-    threads: int | None,
-    knn: str,
-    verbose: bool,
-) -> None:
+def main(**options: Any) -> None:
     """Score every frame of --camera, --video or --images with a bundle."""
-    setup_logging(verbose)
+    settings = run_settings(options)
+    setup_logging(settings.verbose)
     # the per-frame warnings and FPS lines of this command must be seen whatever the root level
-    logging.getLogger("fgad").setLevel(logging.DEBUG if verbose else logging.INFO)
-    given = [n for n, v in (("--camera", camera), ("--video", video), ("--images", images)) if v is not None]
-    if len(given) != 1:
-        raise click.UsageError(f"give exactly one of --camera, --video or --images (got {', '.join(given) or 'none'})")
+    logging.getLogger("fgad").setLevel(logging.DEBUG if settings.verbose else logging.INFO)
 
     from fgad.bundle import BundleError
     from fgad.core.io import ImageReadError
     from fgad.runtime.sources import SourceError
 
     try:
-        _run(bundle_dir, camera, video, images, loop, refs, threshold, save_dir, jsonl_path, show, max_frames,
-             log_every, backend, threads, knn)
+        _run(settings.source, settings.detector, settings.output)
     except (BundleError, SourceError, ImageReadError) as err:
         raise click.ClickException(str(err)) from err
 
 
-def _run(
-    bundle_dir: Path,
-    camera: int | None,
-    video: str | None,
-    images: str | None,
-    loop: bool,
-    refs: str | None,
-    threshold: float | str | None,
-    save_dir: Path | None,
-    jsonl_path: Path | None,
-    show: bool,
-    max_frames: int | None,
-    log_every: int,
-    backend: str,
-    threads: int | None,
-    knn: str,
-) -> None:
+def _run(src: SourceSettings, det: DetectorSettings, out: OutputSettings) -> None:
+    """The frame loop: every frame of the source through the detector, into the outputs; a summary at the end."""
     from fgad.runtime.pipeline import Detector
     from fgad.runtime.sources import open_source
 
-    detector = Detector.from_bundle(bundle_dir, refs=refs, backend=backend, threshold=threshold, threads=threads,
-                                    knn=knn)
+    detector = Detector.from_bundle(det.bundle_dir, refs=det.refs, backend=det.backend, threshold=det.threshold,
+                                    threads=det.threads, knn=det.knn)
     threshold_text = "none" if detector.threshold is None else f"{detector.threshold:.4f}"
     click.echo(
-        f"bundle {bundle_dir} (class '{detector.class_name}', {detector.backend.name}, "
+        f"bundle {det.bundle_dir} (class '{detector.class_name}', {detector.backend.name}, "
         f"{detector.size}px): {detector.num_references} reference images, threshold {threshold_text} "
         f"[{detector.threshold_rule}]",
         err=True,
     )
+    show = out.show  # turned off below when no window can be shown
     if show:
         problem = _display_problem()
         if problem:
             logger.warning("--show ignored: %s", problem)
             show = False
-    if save_dir is not None:
-        save_dir.mkdir(parents=True, exist_ok=True)
+    if out.save_dir is not None:
+        out.save_dir.mkdir(parents=True, exist_ok=True)
 
-    source = open_source(camera=camera, video=video, images=images, loop=loop)
+    source = open_source(camera=src.camera, video=src.video, images=src.images, loop=src.loop)
     jsonl: IO[str] | None = None
     processed = anomalous = 0
     interrupted = False
@@ -182,17 +149,17 @@ def _run(
     started = time.perf_counter()
     try:
         with _stop_signals(), source:
-            if jsonl_path is not None:
-                jsonl_path.parent.mkdir(parents=True, exist_ok=True)
-                jsonl = open(jsonl_path, "a", encoding="utf-8")  # closed in finally
+            if out.jsonl_path is not None:
+                out.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+                jsonl = open(out.jsonl_path, "a", encoding="utf-8")  # closed in finally
             for frame_id, frame in source:
                 result = detector(frame)
                 processed += 1
                 anomalous += bool(result.is_anomalous)
                 rate = fps.tick()
                 overlay_path = None
-                if save_dir is not None or show:
-                    overlay_path = _render(frame, result, processed, frame_id, save_dir, show, rate, detector)
+                if out.save_dir is not None or show:
+                    overlay_path = _render(frame, result, processed, frame_id, out.save_dir, show, rate, detector)
                 if jsonl is not None:
                     record = {"frame": frame_id, **result.to_dict()}
                     if overlay_path is not None:
@@ -201,9 +168,9 @@ def _run(
                     jsonl.flush()
                 decision = "n/a" if result.is_anomalous is None else ("ANOMALY" if result.is_anomalous else "ok")
                 logger.debug("%s: score %.4f %s", frame_id, result.score, decision)
-                if processed % log_every == 0:
+                if processed % out.log_every == 0:
                     logger.info("%d frames, %.1f FPS, last score %.4f (%s)", processed, rate, result.score, decision)
-                if max_frames is not None and processed >= max_frames:
+                if out.max_frames is not None and processed >= out.max_frames:
                     break
                 if show and _quit_pressed():
                     break
@@ -219,7 +186,7 @@ def _run(
         f"{processed} frames, {anomalous} anomalous, {source.skipped} skipped, {elapsed:.1f}s "
         f"({processed / elapsed if elapsed > 0 else 0.0:.1f} FPS)"
     )
-    outputs = [str(p) for p in (jsonl_path, save_dir) if p is not None]
+    outputs = [str(p) for p in (out.jsonl_path, out.save_dir) if p is not None]
     if outputs:
         summary += "; wrote " + ", ".join(outputs)
     if interrupted:
