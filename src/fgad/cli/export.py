@@ -114,16 +114,17 @@ def _write_new_bundle(export: NewExport, refs_dir: Path | None,
     from fgad.backbone.checkpoint import WEIGHTS_FILE
     from fgad.export.bundle import export_bundle, list_reference_images, resize_model, sha256_file
     from fgad.export.onnx_export import ExportError
-    from fgad.methods.finegrained.checkpoint import load_any_checkpoint
+    from fgad.methods.registry import get_method, load_any_checkpoint
 
     refs = list_reference_images(refs_dir) if refs_dir is not None else None
     measure_on = (list_reference_images(measure_dir, recursive=True, what="images to measure on")
                   if measure_dir is not None else None)
     with torch.no_grad():
-        model, _, meta = load_any_checkpoint(checkpoint, combine=False)  # FiLo++ or FineGrainedAD (by its config)
-        if model.cfg.method == "finegrained" and box_prior not in (None, "none"):
+        model, _, meta = load_any_checkpoint(checkpoint, combine=False)  # any method's, by the checkpoint
+        method = get_method(model.cfg.method)
+        if not method.box_priors and box_prior not in (None, "none"):
             raise click.UsageError(f"--box-prior {box_prior}: box priors belong to FiLo++ (DefLoc); "
-                                   f"{checkpoint} is a FineGrainedAD checkpoint: drop --box-prior")
+                                   f"{checkpoint} is a {method.title} checkpoint: drop --box-prior")
         if banks:
             model.prompts.add_banks(banks)
         checkpoint_meta = {

@@ -41,7 +41,7 @@ from fgad.export.onnx_export import (
     run_onnx,
 )
 from fgad.export.plan import ExportOptions, ExportPlan
-from fgad.methods.registry import get_method
+from fgad.methods.registry import DEFAULT_METHOD, get_method
 
 __all__ = [
     "export_bundle",
@@ -272,9 +272,9 @@ def export_bundle(
     FiLo++, the training shots for FineGrainedAD). ``text_mode``, ``deform`` and ``box_prior`` go to the method's
     ``export_plan`` (:class:`~fgad.export.plan.ExportOptions`); the rest to :func:`write_bundle`.
     """
-    if model_cfg != model.cfg:
+    if model is not None and model_cfg != model.cfg:
         raise ValueError("model_cfg differs from the model's own config; pass model.cfg (or rebuild the model)")
-    method = get_method(model_cfg.method)
+    method = get_method(getattr(model_cfg, "method", DEFAULT_METHOD))  # the plan checks its options first
     options = ExportOptions(text_mode=text_mode, box_prior=box_prior, deform=deform)
     plan = method.export_plan(model, class_name, refs, options)
     return write_bundle(out_dir, plan, checkpoint_meta=checkpoint_meta, opset=opset, thresholds=thresholds,
