@@ -29,19 +29,20 @@ test: venv
 test-slow: venv
 	$(PY) -m pytest -q -m "slow" tests
 
-# The runtime's tests in a venv from the base install only (no torch, no open_clip): proves the
-# edge runtime needs none of the training stack. onnx (test bundles) and scipy (reference values)
-# are test-only.
+# The torch-free layers' tests in a venv from the base install only (no torch, no open_clip): the
+# runtime, the bundle contract and the core primitives need none of the training stack. onnx (test
+# bundles), scipy and scikit-learn (reference values) are test-only; tests/bundle/test_golden.py
+# writes bundles with torch and skips here.
 $(RT_STAMP): pyproject.toml constraints.txt
 	test -x $(RT_PY) || $(PYTHON) -m venv $(RT_VENV)
 	$(RT_PY) -m pip install -q --upgrade pip
-	$(RT_PY) -m pip install -q -c constraints.txt -e . pytest pytest-timeout onnx scipy
+	$(RT_PY) -m pip install -q -c constraints.txt -e . pytest pytest-timeout onnx scipy scikit-learn
 	rm -f $(RT_VENV)/.installed-*
 	touch $@
 
 test-runtime: $(RT_STAMP)
 	@! $(RT_PY) -c "import torch" 2>/dev/null || { echo "torch is importable in $(RT_VENV)"; exit 1; }
-	$(RT_PY) -m pytest -q -p no:cacheprovider tests/runtime
+	$(RT_PY) -m pytest -q -p no:cacheprovider tests/runtime tests/bundle tests/core
 
 lint: venv
 	$(PY) -m ruff check src tests cpp_ext/tools

@@ -7,7 +7,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import gaussian_filter
 
 from fgad.backbone.postprocess import (
     GaussianBlur,
@@ -18,6 +17,7 @@ from fgad.backbone.postprocess import (
     suppress_outside,
     upsample,
 )
+from tests.helpers.references import scipy_ndimage
 
 
 def _scipy_blur(x: np.ndarray, sigma: float = 4.0, truncate: float = 4.0) -> np.ndarray:
@@ -25,7 +25,7 @@ def _scipy_blur(x: np.ndarray, sigma: float = 4.0, truncate: float = 4.0) -> np.
     out = np.empty_like(x)
     for b in range(x.shape[0]):
         for c in range(x.shape[1]):
-            out[b, c] = gaussian_filter(x[b, c], sigma=sigma, mode="reflect", truncate=truncate)
+            out[b, c] = scipy_ndimage().gaussian_filter(x[b, c], sigma=sigma, mode="reflect", truncate=truncate)
     return out
 
 
@@ -38,7 +38,7 @@ def test_kernel_is_normalised_and_matches_scipy_taps() -> None:
     # The taps, as scipy applies them: filter a unit impulse far from any border.
     impulse = np.zeros(101)
     impulse[50] = 1.0
-    ref = gaussian_filter(impulse, sigma=4.0, mode="reflect", truncate=4.0)[34:67]
+    ref = scipy_ndimage().gaussian_filter(impulse, sigma=4.0, mode="reflect", truncate=4.0)[34:67]
     np.testing.assert_allclose(k.numpy(), ref, rtol=1e-6, atol=1e-9)
 
 

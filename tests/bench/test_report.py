@@ -24,6 +24,8 @@ from fgad.bench.report import (
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: The reason chart tests skip where matplotlib is not installed.
+PLOT_EXTRA = "PNG charts need the plot extra (matplotlib): pip install 'fgad[plot]'"
 
 
 def _stats(median: float) -> dict[str, Any]:
@@ -90,6 +92,7 @@ def test_markdown_report_sections() -> None:
 
 
 def test_bar_chart_is_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason=PLOT_EXTRA)
     path = bar_chart(_result(), tmp_path / "chart.png")
     assert path.read_bytes()[:8] == PNG_MAGIC
     empty = _result()
@@ -105,13 +108,18 @@ def test_bar_chart_names_the_extra_without_matplotlib(tmp_path: Path, monkeypatc
     assert not (tmp_path / "chart.png").exists()
 
 
-def test_write_results_and_load(tmp_path: Path) -> None:
+def test_write_results_with_the_chart(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason=PLOT_EXTRA)
     paths = write_results(_result(), tmp_path / "out")
     assert {p.name for p in paths.values()} == {JSON_FILE, MARKDOWN_FILE, CHART_FILE}
     assert load_result(paths["json"])["rows"][1]["latency_ms"]["median"] == 10.0
     assert "![latency by stage](bench.png)" in paths["markdown"].read_text()
+
+
+def test_write_results_without_the_chart_and_load(tmp_path: Path) -> None:
     no_chart = write_results(_result(), tmp_path / "plain", chart=False)
     assert "chart" not in no_chart and not (tmp_path / "plain" / CHART_FILE).exists()
+    assert load_result(no_chart["json"])["rows"][1]["latency_ms"]["median"] == 10.0
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"config": "x"}))
     with pytest.raises(ValueError, match="not an fgad-bench result"):
@@ -119,6 +127,7 @@ def test_write_results_and_load(tmp_path: Path) -> None:
 
 
 def test_collect_builds_the_readme(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason=PLOT_EXTRA)  # one of the collected results has its chart
     root = tmp_path / "results"
     write_results(_result("tiny-test"), root / "cpu" / "tiny")
     write_results(_result("vitb16-224"), root / "cpu" / "vitb16", chart=False)

@@ -18,6 +18,8 @@ from tests.helpers.fake_bundle import make_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: The reason tests that write a chart skip where matplotlib is not installed.
+PLOT_EXTRA = "PNG charts need the plot extra (matplotlib): pip install 'fgad[plot]'"
 #: tiny-test with fewer heads (as tests/export/conftest.py's MINI_HEADS): the export takes seconds, not a minute
 MINI_YAML = """base: tiny-test
 model:
@@ -61,7 +63,8 @@ def _check_schema(result: dict[str, Any]) -> None:
     ],
 )
 def test_bad_options_are_named(tmp_path: Path, args: list[str], message: str) -> None:
-    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "out"), "--no-progress"])
+    # --no-chart: without matplotlib the missing chart extra would be reported before the bad option
+    result = CliRunner().invoke(main, [*args, "--no-chart", "--out", str(tmp_path / "out"), "--no-progress"])
     assert result.exit_code != 0
     assert message in result.output
     assert not (tmp_path / "out").exists()
@@ -69,6 +72,7 @@ def test_bad_options_are_named(tmp_path: Path, args: list[str], message: str) ->
 
 def test_bundle_mode_runs_without_torch(tmp_path: Path) -> None:
     """A bundle is timed with torch unimportable: ORT rows measured, torch and TensorRT rows give reasons."""
+    pytest.importorskip("matplotlib", reason=PLOT_EXTRA)  # the run writes its chart
     bundle = make_bundle(tmp_path / "bundle", size=32, grid=4, dim=16)
     out = tmp_path / "out"
     code = (
@@ -123,6 +127,7 @@ def test_a_failed_int8_quantization_is_a_reason_not_a_crash(tmp_path: Path) -> N
 @pytest.mark.slow
 def test_config_mode_tiny_torch_and_ort(tmp_path: Path) -> None:
     """Random tiny model -> bundle -> torch eager/model, ORT fp32/int8, 0 and 2 shots, with FLOPs and ratios."""
+    pytest.importorskip("matplotlib", reason=PLOT_EXTRA)  # the run writes its chart
     config = tmp_path / "mini.yaml"
     config.write_text(MINI_YAML)
     out = tmp_path / "out"

@@ -7,8 +7,6 @@ import time
 
 import numpy as np
 import pytest
-from scipy import ndimage
-from sklearn.metrics import precision_recall_curve, roc_auc_score
 
 from fgad.core.metrics import (
     aupro,
@@ -19,6 +17,7 @@ from fgad.core.metrics import (
     mean_metrics,
     pixel_auroc,
 )
+from tests.helpers.references import scipy_ndimage, sklearn_metrics
 
 SEEDS = [0, 1, 2, 3, 4]
 
@@ -30,7 +29,7 @@ def _random_scores(rng: np.random.Generator, n: int, ties: bool) -> np.ndarray:
 
 
 def _sklearn_f1_max(labels: np.ndarray, scores: np.ndarray) -> float:
-    precision, recall, _ = precision_recall_curve(labels, scores)
+    precision, recall, _ = sklearn_metrics().precision_recall_curve(labels, scores)
     with np.errstate(invalid="ignore", divide="ignore"):
         f1 = 2 * precision * recall / (precision + recall)
     return float(np.nanmax(f1))
@@ -48,13 +47,14 @@ def test_image_auroc_matches_sklearn(seed: int, ties: bool, pos_frac: float) -> 
     labels = rng.random(n) < pos_frac
     labels[:2] = [True, False]
     scores = _random_scores(rng, n, ties) + 0.7 * labels
-    assert image_auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert image_auroc(labels, scores) == pytest.approx(sklearn_metrics().roc_auc_score(labels, scores), abs=1e-12)
 
 
 def test_image_auroc_all_tied_is_half_and_accepts_int_labels() -> None:
     labels = np.array([0, 1, 0, 1, 1])
     assert image_auroc(labels, np.full(5, 3.0)) == pytest.approx(0.5)
-    assert image_auroc(labels, -np.arange(5.0)) == pytest.approx(roc_auc_score(labels, -np.arange(5.0)))
+    expected = sklearn_metrics().roc_auc_score(labels, -np.arange(5.0))
+    assert image_auroc(labels, -np.arange(5.0)) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("labels", [np.zeros(6, dtype=int), np.ones(6, dtype=bool)])
@@ -71,10 +71,11 @@ def test_pixel_auroc_matches_sklearn_on_flattened_pixels(seed: int, ties: bool) 
     rng = np.random.default_rng(seed)
     masks = rng.random((4, 16, 20)) < 0.2
     maps = (_random_scores(rng, masks.size, ties).reshape(masks.shape) + masks).astype(np.float32)
-    expected = roc_auc_score(masks.ravel(), maps.ravel())
+    expected = sklearn_metrics().roc_auc_score(masks.ravel(), maps.ravel())
     assert pixel_auroc(masks.astype(np.uint8), maps) == pytest.approx(expected, abs=1e-12)
     # A single [H, W] image is accepted too.
-    assert pixel_auroc(masks[0], maps[0]) == pytest.approx(roc_auc_score(masks[0].ravel(), maps[0].ravel()))
+    one = sklearn_metrics().roc_auc_score(masks[0].ravel(), maps[0].ravel())
+    assert pixel_auroc(masks[0], maps[0]) == pytest.approx(one)
 
 
 @pytest.mark.parametrize(
@@ -137,7 +138,7 @@ def _reference_aupro(masks: np.ndarray, maps: np.ndarray, max_fpr: float, num_th
     structure = np.ones((3, 3), dtype=int)  # 8-connectivity
     region_masks = []
     for img_idx, mask in enumerate(masks):
-        labelled, n = ndimage.label(mask, structure=structure)
+        labelled, n = scipy_ndimage().label(mask, structure=structure)
         region_masks += [(img_idx, labelled == i) for i in range(1, n + 1)]
     if not region_masks:
         return float("nan")
@@ -266,13 +267,13 @@ def test_compute_metrics_keys_and_values() -> None:
 
     image_only = compute_metrics(labels, scores)
     assert list(image_only) == ["image_auroc", "image_f1_max"]
-    assert image_only["image_auroc"] == pytest.approx(roc_auc_score(labels, scores))
+    assert image_only["image_auroc"] == pytest.approx(sklearn_metrics().roc_auc_score(labels, scores))
     assert image_only["image_f1_max"] == pytest.approx(_sklearn_f1_max(labels, scores))
 
     full = compute_metrics(labels, scores, masks=masks, maps=maps)
     assert set(full) == {"image_auroc", "image_f1_max", "pixel_auroc", "pixel_f1_max", "aupro"}
     maps32 = maps.astype(np.float32)
-    assert full["pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), maps32.ravel()))
+    assert full["pixel_auroc"] == pytest.approx(sklearn_metrics().roc_auc_score(masks.ravel(), maps32.ravel()))
     assert full["pixel_f1_max"] == pytest.approx(_sklearn_f1_max(masks.ravel(), maps32.ravel()))
     assert full["aupro"] == pytest.approx(_reference_aupro(masks, maps32, 0.3, 200))
 

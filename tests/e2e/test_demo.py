@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from fgad.cli.demo import main
 
 
+# About two minutes on 2 CPU cores: the real demo (its data sizes are fixed by fgad-demo, not by this test).
+@pytest.mark.slow
 def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     res = CliRunner().invoke(main, ["--out", str(out), "--epochs", "1", "--no-progress"])

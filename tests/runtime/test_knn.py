@@ -96,7 +96,7 @@ def test_multi_layer_mean_npz_roundtrip(tmp_path: Path) -> None:
 
 
 def test_matches_the_pytorch_reference() -> None:
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="the PyTorch reference needs the train extra (torch)")
     from fgad.backbone.fewshot import normalize_memory, patch_min_distance
 
     tokens, memory = _data(4, 2, 49, 300, 32)

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from scipy import ndimage
 
 from fgad.bundle import BundleError
 from fgad.core.transforms import preprocess
 from fgad.runtime.pipeline import AUTO_MARGIN_FRACTION, AUTO_MARGIN_MIN, Detector, Result
 from tests.helpers.fake_bundle import DESCRIPTIONS, FakeBundle, make_bundle
+from tests.helpers.references import scipy_ndimage
 
 
 def _reference_outputs(bundle: FakeBundle, image: np.ndarray, refs: list[np.ndarray]) -> tuple[np.ndarray, float]:
@@ -39,9 +39,9 @@ def _reference_outputs(bundle: FakeBundle, image: np.ndarray, refs: list[np.ndar
         dist = (dist / len(bundle.layers)).reshape(bundle.grid, bundle.grid)
         coords = np.linspace(0, bundle.grid - 1, bundle.size)
         yy, xx = np.meshgrid(coords, coords, indexing="ij")
-        few = ndimage.map_coordinates(dist, [yy, xx], order=1)
+        few = scipy_ndimage().map_coordinates(dist, [yy, xx], order=1)
         fused = (fused + few) / 2
-    amap = ndimage.gaussian_filter(fused, 4.0, mode="reflect", truncate=4.0)
+    amap = scipy_ndimage().gaussian_filter(fused, 4.0, mode="reflect", truncate=4.0)
     return amap, 0.5 * (float(query["global_prob"][0]) + float(amap.max()))
 
 
@@ -101,7 +101,7 @@ def test_references_added_later_change_scores(shared_bundle: FakeBundle, good_im
     assert np.abs(dist).max() < 1e-5
     res = det(image)
     vl = det.backend.run(preprocess(image, 32)[None], ["vl_map"])["vl_map"][0]
-    expected = ndimage.gaussian_filter(vl / 2, 4.0, mode="reflect")
+    expected = scipy_ndimage().gaussian_filter(vl / 2, 4.0, mode="reflect")
     np.testing.assert_allclose(res.anomaly_map, expected, atol=1e-5)
     assert res.score < few_shot.score
 

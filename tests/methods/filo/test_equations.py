@@ -15,13 +15,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import gaussian_filter
 
 from fgad.config import ModelConfig, replace
 from fgad.core.cells import POSITIONS
 from fgad.methods.filo.model import FiloOutput, FiLoPlusPlus
 from fgad.methods.filo.priors.base import positions_from_masks
 from fgad.methods.filo.priors.registry import build_box_prior
+from tests.helpers.references import scipy_ndimage
 from tests.helpers.tiny import CLASS_NAME, make_images
 
 ATOL = 1e-5  # float32 model vs float64 re-derivation
@@ -72,7 +72,7 @@ def _up(maps: torch.Tensor, size: int) -> torch.Tensor:
 
 def _blur(maps: torch.Tensor) -> torch.Tensor:
     arr = maps.double().numpy()
-    return torch.from_numpy(np.stack([gaussian_filter(m, sigma=SIGMA, mode="reflect") for m in arr]))
+    return torch.from_numpy(np.stack([scipy_ndimage().gaussian_filter(m, sigma=SIGMA, mode="reflect") for m in arr]))
 
 
 def _grid(tokens: torch.Tensor, g: int) -> torch.Tensor:

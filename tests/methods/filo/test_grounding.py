@@ -25,6 +25,8 @@ from fgad.methods.filo.priors.grounding import (
     tiny_random_grounding_dino,
 )
 
+#: The reason tests that build or load a detector skip where transformers is not installed.
+DETECT_EXTRA = "the Grounding DINO prior needs the detect extra (transformers): pip install 'fgad[detect]'"
 GENERIC = ["anomaly", "damage", "broken", "defect", "contamination"]
 
 
@@ -134,6 +136,7 @@ def test_boxes_are_pixels_at_the_model_size(size: int) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_detector(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    pytest.importorskip("transformers", reason=DETECT_EXTRA)
     folder = tmp_path_factory.mktemp("tiny_gdino")
     detector, tokenizer = tiny_random_grounding_dino(folder, seed=0)
     return folder, detector, tokenizer
@@ -211,6 +214,7 @@ def test_load_from_a_local_folder(tiny_detector, tmp_path: Path) -> None:  # noq
 
 
 def test_clear_errors_for_missing_weights(tmp_path: Path) -> None:
+    pytest.importorskip("transformers", reason=DETECT_EXTRA)
     with pytest.raises(DetectorNotFoundError, match="not in the Hugging Face cache"):
         load_grounding_dino("fgad-tests/no-such-grounding-dino", local_files_only=True)
     with pytest.raises(DetectorNotFoundError, match="not a Grounding DINO folder"):
@@ -228,6 +232,7 @@ def test_missing_transformers_names_the_extra(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_shimmed_torchvision_ops_fail_clearly() -> None:
+    pytest.importorskip("transformers", reason=DETECT_EXTRA)
     from fgad.backbone import compat as _compat
 
     _compat.import_grounding_dino()
