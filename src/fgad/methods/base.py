@@ -20,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from fgad.config import ModelConfig
+#: a :class:`fgad.config.ModelConfig` (not imported: fgad.config resolves methods through this module's registry)
+ModelConfig = Any
 
 __all__ = ["Method", "TrainOptionError", "TrainRequest"]
 

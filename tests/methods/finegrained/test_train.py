@@ -14,11 +14,11 @@ from fgad.config import load_config
 from fgad.data.synthetic import make_synthetic_dataset
 from fgad.methods.finegrained.captions.schema import CaptionRecord, Entity, caption_to_dict
 from fgad.methods.finegrained.checkpoint import load_finegrained_checkpoint
-from fgad.methods.registry import load_any_checkpoint
 from fgad.methods.finegrained.evaluate import load_references
 from fgad.methods.finegrained.mllp import build_mllp_texts
 from fgad.methods.finegrained.model import build_finegrained
 from fgad.methods.finegrained.train import parse_seed_file, select_shots, train_finegrained
+from fgad.methods.registry import load_any_checkpoint
 
 CLASS = "disc"
 RECORD = CaptionRecord(
