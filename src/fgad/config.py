@@ -137,7 +137,7 @@ class ModelConfig:
     heads: HeadConfig = field(default_factory=HeadConfig)
     fewshot: FewShotConfig = field(default_factory=FewShotConfig)
     post: PostConfig = field(default_factory=PostConfig)
-    method: str = "filo"  # a name of fgad.methods.registry: "filo" (FiLo++), "finegrained" (FineGrainedAD)
+    method: str = "filo"  # a method of fgad.methods.registry: filo (FiLo++), finegrained (FineGrainedAD)
     #: (key, section) for the config section of every registered method that has one, sorted by key (filled in
     #: with defaults on construction); read as attributes: ``cfg.finegrained``. In files they are ``model.<key>``.
     method_sections: tuple[tuple[str, Any], ...] = ()

@@ -1,1 +1,1 @@
-"""fgad."""
+"""Thin click commands (fgad-train, -eval, -export, -run, -bench, -calibrate, -captions, -demo)."""

@@ -1,10 +1,9 @@
 """FineGrainedAD configuration (METHOD.md §2, the FGAD column of §3): one frozen dataclass.
 
-It lives in ``model.finegrained`` of :class:`fgad.config.ModelConfig` and is read when
-``model.method`` is ``finegrained``. It holds the prompt sizes, the MLSA clustering and loss
-constants, the per-class training schedule and the inference post-processing, so a checkpoint's
-``config.json`` alone rebuilds the model. This module imports only the standard library:
-:mod:`fgad.config` imports it.
+It is the method's own config section (registered by :mod:`fgad.methods.finegrained.spec`):
+``model.finegrained`` in files, ``cfg.finegrained`` on a :class:`fgad.config.ModelConfig`, read when
+``model.method`` is ``finegrained``. It holds the prompt sizes, the MLSA clustering and loss constants, the per-class training schedule and the inference post-processing, so a checkpoint's
+``config.json`` alone rebuilds the model. This module imports only the standard library.
 """
 
 from __future__ import annotations
