@@ -2,8 +2,9 @@
 
 It is the method's own config section (registered by :mod:`fgad.methods.finegrained.spec`):
 ``model.finegrained`` in files, ``cfg.finegrained`` on a :class:`fgad.config.ModelConfig`, read when
-``model.method`` is ``finegrained``. It holds the prompt sizes, the MLSA clustering and loss constants, the per-class training schedule and the inference post-processing, so a checkpoint's
-``config.json`` alone rebuilds the model. This module imports only the standard library.
+``model.method`` is ``finegrained``. It holds the prompt sizes, the MLSA clustering and loss constants, the
+per-class training schedule and the inference post-processing, so a checkpoint's ``config.json`` alone rebuilds
+the model. This module imports only the standard library.
 """
 
 from __future__ import annotations
