@@ -127,10 +127,10 @@ def _check_against_fp32(fp32: Any, int8: Any, images: np.ndarray) -> dict[str, A
     }
 
 
-def _backend(path: Path, input_name: str) -> Any:
+def _backend(path: Path, input_name: str, quantized: bool = False) -> Any:
     from fgad.runtime.backends.ort import OrtBackend
 
-    return OrtBackend(path, input_name=input_name, providers=["CPUExecutionProvider"])
+    return OrtBackend(path, input_name=input_name, providers=["CPUExecutionProvider"], quantized=quantized)
 
 
 def _manifest_entry(report: QuantizationReport, source: str, references: str, check: dict[str, Any],
@@ -215,7 +215,7 @@ def quantize_bundle(
         model_file = manifest.engine.file
         report = quantize_qdq(root / model_file, tmp / model_file, calibration, method=method,
                               percentile=percentile, keep_float=keep_float, per_channel=per_channel)
-        int8 = _backend(tmp / model_file, spec.name)
+        int8 = _backend(tmp / model_file, spec.name, quantized=True)
         fp32 = _backend(root / model_file, spec.name)
         check = _check_against_fp32(fp32, int8, calibration)
 

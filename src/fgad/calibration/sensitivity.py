@@ -155,13 +155,14 @@ def study_variants(studies: Sequence[str] = STUDIES, families: Sequence[str] = t
     return unique
 
 
-def _detector(manifest: Any, onnx_path: Path, refs: Sequence[np.ndarray] | None, threads: int | None) -> Any:
+def _detector(manifest: Any, onnx_path: Path, refs: Sequence[np.ndarray] | None, threads: int | None,
+              quantized: bool = False) -> Any:
     from fgad.bundle import check_graph
     from fgad.runtime.backends.ort import OrtBackend
     from fgad.runtime.pipeline import Detector
 
     backend = OrtBackend(onnx_path, input_name=manifest.input.name, threads=threads,
-                         providers=["CPUExecutionProvider"])
+                         providers=["CPUExecutionProvider"], quantized=quantized)
     check_graph(manifest, backend.input_shapes, backend.output_shapes, str(onnx_path))
     detector = Detector(manifest, backend, knn="numpy")
     if refs:
@@ -215,7 +216,8 @@ def measure_sensitivity(
             q_path = Path(work) / "variant.onnx"
             report = quantize_qdq(fp32_path, q_path, calibration, method=method, percentile=percentile,
                                   keep_float=variant.keep_float, calibration_cache=cache)
-            results = _detector(manifest, q_path, refs, threads).batch(held_out)
+            quantized = sum(report.quantized.values()) > 0
+            results = _detector(manifest, q_path, refs, threads, quantized=quantized).batch(held_out)
             row = SensitivityRow(variant.name, variant.keep_float.families, sum(report.quantized.values()),
                                  compare_results(reference, results))
             log.info("%s: %s", variant.name, row.agreement)

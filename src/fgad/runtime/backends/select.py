@@ -123,6 +123,8 @@ def _create(engine: Any, manifest: Manifest, bundle_dir: str | os.PathLike[str],
     if engine.plugins:
         plugins = [Path(bundle_dir) / p.file for p in engine.plugins]
         return cls(path, input_name=manifest.input.name, threads=threads, plugins=plugins)
+    if name == "onnxruntime" and engine.precision == "int8":  # a Q/DQ graph (fgad.runtime.backends.ort)
+        return cls(path, input_name=manifest.input.name, threads=threads, quantized=True)
     return cls(path, input_name=manifest.input.name, threads=threads)
 
 
