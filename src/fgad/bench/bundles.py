@@ -20,9 +20,9 @@ INT8_MISSING = "int8: not available (fgad.calibration missing)"
 
 def build_random_model(config: str, image_size: int | None = None, seed: int = 0,
                        banks: Sequence[str] = ()) -> Any:
-    """A FiLo++ model of ``config`` with random weights (latency does not depend on the weights' values)."""
+    """A model of ``config`` (by its method) with random weights (latency does not depend on the weights' values)."""
     from fgad.config import load_config
-    from fgad.methods.filo.build import build_model
+    from fgad.methods.registry import get_method
 
     backbone: dict[str, Any] = {"pretrained": None}
     if image_size is not None:
@@ -31,7 +31,7 @@ def build_random_model(config: str, image_size: int | None = None, seed: int = 0
     if banks:
         model_over["prompts"] = {"banks": list(banks)}
     cfg = load_config(config, {"model": model_over}).model
-    return build_model(cfg, seed=seed).eval()
+    return get_method(cfg.method).build(cfg, seed=seed).eval()
 
 
 def export_bundle(model: Any, class_name: str, refs: Sequence[Path], out: Path, deform: str = "decomposed") -> Path:
