@@ -232,3 +232,20 @@ def test_feature_layers_is_union_of_linear_and_memory_layers() -> None:
         "tiny-test", {"model": {"heads": {"linear_layers": [4, 2]}, "fewshot": {"memory_layers": [3, 2]}}}
     ).model
     assert cfg.feature_layers == (2, 3, 4)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "needle"),
+    [
+        ("bad.yaml", "model: [unclosed\n", "is not valid YAML"),
+        ("bad.json", "{not json", "is not valid JSON"),
+        ("python.yaml", "model: !!python/object/apply:os.system ['echo hi']\n", "is not valid YAML"),
+        ("list.yaml", "- a\n- b\n", "mapping at the top level"),
+    ],
+)
+def test_a_bad_config_file_is_one_config_error_naming_it(tmp_path: Path, name: str, text: str, needle: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=needle) as caught:
+        load_config(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)

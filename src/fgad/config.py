@@ -348,7 +348,10 @@ def builtin_config_names() -> list[str]:
 def _read_raw(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml", ".json") and path.exists():
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config {str(path)!r} cannot be read ({exc}); save it as UTF-8 text") from exc
         label = str(path)
     else:
         key = str(name_or_path)
@@ -362,7 +365,11 @@ def _read_raw(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> dict[str,
         label = key
     if label in seen:
         raise ConfigError(f"config {label!r} names itself as a base (cycle: {' -> '.join(seen)})")
-    raw = (json.loads(text) if label.endswith(".json") else yaml.safe_load(text)) or {}
+    try:  # safe_load: plain data only, no Python objects
+        raw = (json.loads(text) if label.endswith(".json") else yaml.safe_load(text)) or {}
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        kind = "JSON" if label.endswith(".json") else "YAML"
+        raise ConfigError(f"config {label!r} is not valid {kind}: {' '.join(str(exc).split())}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"config {label!r} must be a mapping at the top level")
     base = raw.pop("base", None)

@@ -71,3 +71,44 @@ def test_random_init_keywords(backbone_cfg) -> None:
     a = create_clip(backbone_cfg, pretrained="none")
     b = create_clip(backbone_cfg, pretrained="random")
     assert state_fingerprint(a) == state_fingerprint(b)
+
+
+def test_a_crafted_pickle_weights_file_is_refused_without_running_code(backbone_cfg, tmp_path: Path) -> None:
+    from tests.backbone.test_checkpoint import _WritesAFile
+
+    source = create_clip(backbone_cfg)
+    marker = tmp_path / "pwned.txt"
+    weights = dict(source.state_dict())
+    weights["payload"] = _WritesAFile(marker)
+    path = tmp_path / "weights.pt"
+    torch.save(weights, path)
+    with pytest.raises(WeightsUnavailableError, match=r"refused to load weights.*references exec.*safetensors"):
+        create_clip(backbone_cfg, pretrained=str(path))
+    assert not marker.exists()
+
+
+def test_open_clip_is_asked_for_weights_only_loads(backbone_cfg, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even an open_clip that passed weights_only=False would get weights-only loads (the env override)."""
+    import functools
+    import os
+
+    from fgad.backbone.compat import import_open_clip
+
+    open_clip = import_open_clip()
+    seen: dict[str, object] = {}
+    real = open_clip.create_model
+
+    @functools.wraps(real)  # keeps its signature
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        seen["weights_only"] = kwargs.get("weights_only")
+        seen["env"] = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(open_clip, "create_model", spy)
+    path = tmp_path / "weights.pt"
+    torch.save(create_clip(backbone_cfg).state_dict(), path)
+    before = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    create_clip(backbone_cfg, pretrained=str(path))
+    assert seen == {"weights_only": True, "env": "1"}
+    assert os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD") == before

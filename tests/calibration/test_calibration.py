@@ -500,3 +500,23 @@ def test_calibration_works_without_torch(fp32_bundle: Path, calib_dir: Path, tmp
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "True"
     assert (tmp_path / "int8" / "manifest.json").is_file()
+
+
+def test_cli_refuses_a_calibration_folder_with_an_unreadable_image_in_one_line(fp32_bundle: Path, calib_dir: Path,
+                                                                               tmp_path: Path) -> None:
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for path in sorted(calib_dir.glob("*.png")):
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "zz_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "int8"
+    result = CliRunner().invoke(calibrate_main, ["--bundle", str(fp32_bundle), "--calib-dir", str(folder),
+                                                 "--out", str(out), "--method", "minmax"])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+    lines = [line for line in result.output.splitlines() if line.strip() and "img/s]" not in line]  # no tqdm bar
+    assert len(lines) == 1 and lines[0].startswith("Error: 1 of 9 calibration images cannot be read")
+    assert str(folder / "zz_corrupt.png") in lines[0] and "refuses rather than skip" in lines[0]
+    assert not out.exists()
+    # --limit draws a subset first: only the drawn files are read, so a subset without the bad one works
+    assert len(list_calibration_images(folder, limit=2, seed=0)) == 2

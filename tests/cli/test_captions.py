@@ -6,6 +6,7 @@ import json
 import shlex
 import subprocess
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -188,3 +189,33 @@ def test_caption_tools_work_without_torch(image: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["class_name"] == "widget"
+
+
+def test_run_llm_bounds_output_and_time_and_uses_no_shell(tmp_path: Path) -> None:
+    from fgad.methods.finegrained.captions.llm import LLMCommandError, run_llm
+
+    flood = _script(tmp_path, "while True:\n    sys.stdout.write('x' * 65536)\n")
+    started = time.monotonic()
+    with pytest.raises(LLMCommandError, match="printed more than 64 KiB"):
+        run_llm(flood, "prompt", tmp_path / "a.png", timeout=60, max_output=65536)
+    assert time.monotonic() - started < 30  # stopped at the bound, not at the timeout
+
+    # a wrapper whose child outlives it and keeps the pipe open: the whole group is stopped at the timeout
+    marker = tmp_path / "child-still-ran"
+    child = f"import time; time.sleep(5); open({str(marker)!r}, 'w')"
+    wrapper = _script(tmp_path, f"import subprocess\nsubprocess.Popen([sys.executable, '-c', {child!r}])\n"
+                                "time.sleep(30)\n")
+    started = time.monotonic()
+    with pytest.raises(LLMCommandError, match="did not finish within 1 s"):
+        run_llm(wrapper, "prompt", tmp_path / "a.png", timeout=1)
+    assert time.monotonic() - started < 15
+    time.sleep(6)
+    assert not marker.exists()
+
+    # shell syntax in the image path or the command is text, not a command
+    echo = _script(tmp_path, "print(json.dumps(sys.argv[1:]))\n")
+    odd = tmp_path / "x; touch pwned.png"
+    assert json.loads(run_llm(echo + " {image} '$(touch pwned2)'", "p", odd)) == [str(odd), "$(touch pwned2)"]
+    assert not (tmp_path / "pwned.png").exists() and not Path("pwned2").exists()
+    with pytest.raises(ValueError, match="positive"):
+        run_llm(echo, "p", odd, timeout=0)

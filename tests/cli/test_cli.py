@@ -97,3 +97,38 @@ def test_eval_needs_exactly_one_model_source(roots: tuple[Path, Path], tmp_path:
     _, target = roots
     res = CliRunner().invoke(eval_main, ["--data", str(target), "--out", str(tmp_path)])
     assert res.exit_code == 2 and "exactly one of --checkpoint or --config" in res.output
+
+
+def test_train_refuses_a_crafted_state_pt_in_one_line(roots: tuple[Path, Path], tmp_path: Path) -> None:
+    """fgad-train resumes by default: someone else's state.pt in --out must not run code."""
+    import torch
+
+    from tests.backbone.test_checkpoint import _state, _WritesAFile
+
+    aux, _ = roots
+    out = tmp_path / "someone-elses-run"
+    out.mkdir()
+    marker = tmp_path / "pwned.txt"
+    torch.save(_state(_WritesAFile(marker)), out / "state.pt")
+    res = CliRunner().invoke(train_main, ["--config", "tiny-test", "--data", str(aux), "--out", str(out),
+                                          "--epochs-phase1", "1", "--epochs-phase2", "0", "--bank", "synthetic",
+                                          "--no-progress"])
+    assert res.exit_code == 1, res.output
+    assert not marker.exists()
+    assert "Traceback" not in res.output
+    error = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and str(out / "state.pt") in error[0] and "refused" in error[0]
+
+
+def test_eval_refuses_an_unreadable_reference_image_in_one_line(tmp_path: Path) -> None:
+    root = make_synthetic_dataset(tmp_path / "d", classes=("disc",), n_train_good=3, n_test_good=1,
+                                  n_test_defect=1, image_size=112, seed=2)
+    broken = sorted((root / "disc" / "train" / "good").glob("*.png"))[1]
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    res = CliRunner().invoke(eval_main, ["--config", "tiny-test", "--pretrained", "none", "--data", str(root),
+                                         "--out", str(tmp_path / "o"), "--shots", "3", "--overlays", "0",
+                                         "--no-progress"])
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output
+    error = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and str(broken) in error[0] and "1 of 3 reference images cannot be read" in error[0]

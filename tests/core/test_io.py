@@ -253,3 +253,26 @@ def test_preprocess_mask_binary_and_aligned() -> None:
     np.testing.assert_array_equal(preprocess_mask(np.zeros((9, 5), bool), 4), np.zeros((4, 4)))
     with pytest.raises(ValueError, match="HxW"):
         preprocess_mask(np.zeros((3, 3, 3), bool), 4)
+
+
+def test_read_image_set_names_every_unreadable_file(tmp_path: Path) -> None:
+    import pickle
+
+    from fgad.core.io import UnreadableImagesError, read_image_set
+
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), np.full((4, 6, 3), 80, np.uint8))
+    missing, empty = tmp_path / "missing.png", tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    calls: list[tuple[int, ...]] = []
+    assert [im.shape for im in read_image_set([good, good])] == [(4, 6, 3)] * 2
+    with pytest.raises(UnreadableImagesError) as caught:
+        read_image_set([good, missing, good, empty], "calibration images", lambda im: calls.append(im.shape))
+    err = caught.value
+    assert [f.path for f in err.failures] == [missing, empty] and err.path == missing
+    message = str(err)
+    assert message.startswith("2 of 4 calibration images cannot be read: ")
+    assert f"'{missing}' (file does not exist" in message and f"'{empty}' (file is empty" in message
+    assert "\n" not in message and calls == [(4, 6, 3)]  # convert stops after the first failure
+    again = pickle.loads(pickle.dumps(err))
+    assert str(again) == message and [f.path for f in again.failures] == [missing, empty]

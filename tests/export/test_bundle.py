@@ -264,3 +264,30 @@ def test_cli_reports_user_errors_in_one_line(tmp_path: Path, checkpoint: Path, r
     with pytest.raises(FileExistsError, match="not a bundle"):
         export_bundle(stray, model, model.cfg, CLASS_NAME, None)
     assert (stray / "notes.txt").read_text() == "keep me"
+
+
+def _with_broken_images(folder: Path, target: Path, broken: dict[str, bytes]) -> Path:
+    """A copy of ``folder``'s images plus the ``broken`` files (name -> bytes)."""
+    target.mkdir()
+    for path in sorted(folder.glob("*.png")):
+        (target / path.name).write_bytes(path.read_bytes())
+    for name, data in broken.items():
+        (target / name).write_bytes(data)
+    return target
+
+
+def test_cli_refuses_references_with_an_unreadable_image_in_one_line(tmp_path: Path, checkpoint: Path,
+                                                                    refs_dir: Path) -> None:
+    refs = _with_broken_images(refs_dir, tmp_path / "refs", {"corrupt.png": b"\x89PNG\r\n\x1a\n truncated",
+                                                              "empty.jpg": b""})
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(export_main, ["--checkpoint", str(checkpoint), "--class-name", CLASS_NAME,
+                                              "--refs", str(refs), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)  # a click error, not an uncaught exception
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: 2 of 6 reference images cannot be read")
+    assert str(refs / "corrupt.png") in lines[0] and str(refs / "empty.jpg") in lines[0]
+    assert "refuses rather than skip" in lines[0]
+    assert not out.exists()

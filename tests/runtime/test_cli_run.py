@@ -227,3 +227,32 @@ def test_a_stop_signal_ends_a_looping_video_cleanly(
     assert "stopped by Ctrl-C or SIGTERM" in stderr and "Traceback" not in stderr
     lines = jsonl.read_text().splitlines()
     assert len(lines) >= 20 and all(json.loads(line)["frame"] == i for i, line in enumerate(lines))
+
+
+def test_refs_with_an_unreadable_image_are_refused_in_one_line(shared_bundle: FakeBundle, images: Path,
+                                                               good_dir: Path, tmp_path: Path) -> None:
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for path in sorted(good_dir.glob("*.png")):
+        (refs / path.name).write_bytes(path.read_bytes())
+    (refs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    code, output = _invoke("--bundle", str(shared_bundle.path), "--images", str(images), "--refs", str(refs),
+                           "--threshold", "auto", "--jsonl", str(tmp_path / "run.jsonl"))
+    assert code == 1, output
+    assert "Traceback" not in output and not (tmp_path / "run.jsonl").exists()
+    error = [line for line in output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and str(refs / "broken.png") in error[0]
+    assert "reference images cannot be read" in error[0] and "refuses rather than skip" in error[0]
+
+
+def test_a_one_pixel_high_frame_gets_a_working_overlay(shared_bundle: FakeBundle, tmp_path: Path) -> None:
+    import cv2
+
+    frame = tmp_path / "line.png"
+    cv2.imwrite(str(frame), np.random.default_rng(0).integers(0, 256, (1, 5000, 3), dtype=np.uint8))
+    out = tmp_path / "overlays"
+    code, output = _invoke("--bundle", str(shared_bundle.path), "--images", str(frame), "--save", str(out))
+    assert code == 0, output
+    (png,) = out.glob("*.png")
+    panel = read_image(png)
+    assert panel.shape[1] == 3 * 4 * 256 and panel.shape[0] > 256  # 4:1 tiles, not 3 * 1.28 M pixels wide

@@ -151,3 +151,22 @@ def test_save_image_rgb_errors_leave_nothing_behind(
     with pytest.raises(ValueError, match=match):
         save_image_rgb(tmp_path / name, image)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("shape", "tile_w"), [((1, 1), 256), ((1, 300), 1024), ((1, 10000), 1024),
+                                               ((10000, 1), 64), ((3, 7), 597), ((300, 400), 341)])
+def test_render_panel_of_extreme_shapes_is_bounded_and_saves(tmp_path: Path, shape: tuple[int, int],
+                                                             tile_w: int) -> None:
+    """A 1-pixel-high (or wide) input gives a working panel, at most 4:1 per tile, that encodes as PNG."""
+    from fgad.runtime.overlay import MAX_TILE_ASPECT
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    panel = render_panel(image, rng.random((8, 8)), gt_mask=np.ones(shape, bool), score=0.5, label="anomalous")
+    assert panel.shape == (256 + 25, 3 * tile_w, 3)
+    assert 256 // MAX_TILE_ASPECT <= tile_w <= 256 * MAX_TILE_ASPECT
+    path = tmp_path / "panel.png"
+    save_image_rgb(path, panel)
+    np.testing.assert_array_equal(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), panel)
+    overlay = heatmap_overlay(image, rng.random((8, 8)))
+    assert overlay.shape == (*shape, 3)

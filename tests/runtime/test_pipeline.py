@@ -199,3 +199,53 @@ def test_grayscale_and_path_inputs(shared_bundle: FakeBundle, good_dir: Path, go
     assert det(gray).score == pytest.approx(det(np.repeat(gray[:, :, None], 3, axis=2)).score, abs=1e-7)
     with pytest.raises(ValueError, match="uint8"):
         det(good_images[0].astype(np.float32))
+
+
+def test_unreadable_references_are_refused_all_or_nothing(shared_bundle: FakeBundle, good_dir: Path,
+                                                          good_images: list[np.ndarray], tmp_path: Path) -> None:
+    from fgad.core.io import ImageReadError, UnreadableImagesError
+
+    bad_a, bad_b = tmp_path / "a.png", tmp_path / "b.jpg"
+    bad_a.write_bytes(b"not an image")
+    bad_b.write_bytes(b"")
+    paths = sorted(good_dir.glob("*.png"))
+    det = Detector.from_bundle(shared_bundle.path, refs=paths[:2])
+    before = det(good_images[3]).score
+    with pytest.raises(UnreadableImagesError) as caught:
+        det.add_references([paths[2], bad_a, paths[3], bad_b])
+    err = caught.value
+    assert isinstance(err, ImageReadError) and isinstance(err, ValueError)
+    assert [f.path for f in err.failures] == [bad_a, bad_b] and err.total == 4
+    assert str(bad_a) in str(err) and str(bad_b) in str(err) and "2 of 4 reference images" in str(err)
+    assert det.num_references == 2 and det(good_images[3]).score == before  # nothing was added
+    with pytest.raises(UnreadableImagesError, match="1 of 5 reference images"):
+        Detector.from_bundle(shared_bundle.path, refs=[*paths, bad_a])
+
+
+def test_tiny_and_extreme_reference_images_are_upsampled(shared_bundle: FakeBundle) -> None:
+    det = Detector.from_bundle(shared_bundle.path)
+    rng = np.random.default_rng(0)
+    sizes = [(1, 1), (1, 300), (300, 1), (2, 3)]
+    assert det.add_references([rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]) == 4
+    assert np.isfinite(det(rng.integers(0, 256, (1, 5, 3), dtype=np.uint8)).score)
+
+
+def test_a_references_file_holding_a_pickle_is_refused(shared_bundle: FakeBundle, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned.txt"
+    rows = np.empty((shared_bundle.grid**2, 1), dtype=object)
+    rows[:] = None
+    rows[0, 0] = _Payload(marker)
+    arrays = {f"layer_{layer}": rows for layer in shared_bundle.layers}
+    path = tmp_path / "refs.npz"
+    np.savez(path, **arrays)  # object arrays are stored as pickles
+    with pytest.raises(BundleError, match=r"refs\.npz.*cannot be read.*allow_pickle") as caught:
+        Detector.from_bundle(shared_bundle.path, refs=path)
+    assert caught.value.field == "fewshot.file" and not marker.exists()
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return exec, (f"open({str(self.marker)!r}, 'w')",)

@@ -5,7 +5,9 @@ A checkpoint directory holds
 * ``config.json``: the full config, the weights source and a fingerprint of the frozen backbone
   (a randomly initialised backbone is rebuilt from its seed; the fingerprint proves it matched);
 * ``weights.safetensors``: only the learned tensors (prompt context, meta-nets, heads, adapter);
-* ``state.pt``: optimiser state and the position in the schedule, for ``--resume``.
+* ``state.pt``: optimiser state and the position in the schedule, for ``--resume``. It is read with
+  ``torch.load(weights_only=True)``: tensors, numbers, strings and containers only, so a crafted file
+  cannot run code (a file that needs more is refused, see :func:`load_train_state`).
 
 Each file is written to a temporary name and renamed, so an interrupted save never leaves a
 half-written file; ``config.json`` is written last and marks a complete checkpoint.
@@ -21,7 +23,7 @@ from typing import Any
 import torch
 
 from fgad import __version__
-from fgad.backbone.clip_loader import state_fingerprint
+from fgad.backbone.clip_loader import state_fingerprint, unpickle_refusal_detail
 from fgad.config import Config, to_dict
 from fgad.core.atomic import atomic_path, atomic_write_json
 
@@ -79,10 +81,33 @@ def save_checkpoint(
 
 
 def read_checkpoint_meta(ckpt_dir: str | Path) -> dict[str, Any]:
+    """``config.json`` of a checkpoint: a JSON object whose ``config`` is an object (the rest is checked by
+    :func:`fgad.config.config_from_dict` and the loaders); raises :class:`CheckpointError` naming the file."""
     path = Path(ckpt_dir) / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{ckpt_dir}: no {CONFIG_FILE}; is this an fgad checkpoint directory (fgad-train --out)?")
-    return json.loads(path.read_text())
+    return read_json_object(path, required={"config": dict})
+
+
+def read_json_object(path: Path, required: dict[str, type] | None = None) -> dict[str, Any]:
+    """A checkpoint's JSON file as a dict, its ``required`` keys of the given types, or a :class:`CheckpointError`."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc}); the checkpoint is damaged, train it again") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}; the checkpoint is damaged")
+    for key, kind in (required or {}).items():
+        if not isinstance(data.get(key), kind):
+            found = "nothing" if key not in data else type(data[key]).__name__
+            raise CheckpointError(
+                f"{path}: field '{key}' must be a JSON {_JSON_NAMES.get(kind, kind.__name__)}, found {found}; "
+                "the checkpoint is damaged or not an fgad checkpoint"
+            )
+    return data
+
+
+_JSON_NAMES = {dict: "object", list: "array", str: "string", int: "integer"}
 
 
 def load_trainable(model: Any, weights_path: Path) -> None:
@@ -105,8 +130,44 @@ def load_trainable(model: Any, weights_path: Path) -> None:
 
 
 def load_train_state(ckpt_dir: str | Path) -> TrainState | None:
+    """The resumable state in ``state.pt`` (``None`` without one), read with ``torch.load(weights_only=True)``.
+
+    A pickle that needs anything but tensors, numbers, strings and containers (a class, a function: what a
+    crafted file uses to run code) is refused with a :class:`CheckpointError` before any of it runs, as is a
+    file that is damaged or not shaped like the state :func:`save_checkpoint` writes.
+    """
     path = Path(ckpt_dir) / STATE_FILE
     if not path.is_file():
         return None
-    raw = torch.load(path, map_location="cpu", weights_only=False)
-    return TrainState(phase=raw["phase"], epoch=raw["epoch"], step=raw["step"], optimizer=raw["optimizer"])
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... on a bad file
+        raise CheckpointError(_state_refusal(path, exc)) from exc
+    if not isinstance(raw, dict) or not all(isinstance(raw.get(k), int) for k in ("phase", "epoch", "step")):
+        raise CheckpointError(
+            f"{path}: not the training state fgad-train writes (a dict with integer phase, epoch and step); "
+            f"delete it and train again ({_AFRESH})"
+        )
+    optimizer = raw.get("optimizer")
+    if optimizer is not None and not isinstance(optimizer, dict):
+        raise CheckpointError(f"{path}: 'optimizer' must be a state dict; delete it and train again ({_AFRESH})")
+    return TrainState(phase=raw["phase"], epoch=raw["epoch"], step=raw["step"], optimizer=optimizer)
+
+
+def _state_refusal(path: Path, exc: BaseException) -> str:
+    text = str(exc)
+    what = unpickle_refusal_detail(exc)
+    if what or "Weights only load failed" in text or "Unsupported operand" in text:
+        return (
+            f"{path}: refused to load: this file holds Python objects beyond tensors and numbers{what}, and "
+            "unpickling them could run code, so fgad reads training state with torch.load(weights_only=True) only. "
+            "fgad-train never writes such a file; do not trust it unless you made it yourself: delete it and train "
+            f"again ({_AFRESH})"
+        )
+    return (
+        f"{path}: cannot be read ({type(exc).__name__}: {text.splitlines()[0] if text else 'no details'}); the file "
+        f"is damaged: delete it and train again ({_AFRESH})"
+    )
+
+
+_AFRESH = f"without {STATE_FILE}, --resume starts from the first epoch"

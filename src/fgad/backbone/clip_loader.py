@@ -4,12 +4,22 @@ Weights come from an open_clip pretrained tag (needs the hub once), a local weig
 ``local-dir:DIR`` folder (open_clip's layout: ``open_clip_config.json`` + weights). With
 ``pretrained: null`` the model is randomly initialised from ``init_seed``, so the same config
 always rebuilds the same backbone; :func:`state_fingerprint` lets checkpoints verify that.
+
+A pickled weights file (``.pt``/``.bin``) is only ever unpickled with ``torch.load(weights_only=True)``:
+open_clip is asked for it, and ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` is set while open_clip loads, so neither an
+older open_clip nor its retry without the argument can unpickle code (:func:`weights_only_loads`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import inspect
 import logging
+import os
+import pickle
+import re
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -81,7 +91,17 @@ def create_clip(bb: BackboneConfig, pretrained: str | None = None, use_config_pr
                 torch.manual_seed(bb.init_seed)
                 model = open_clip.create_model(name, pretrained=None, **kwargs)
         else:
-            model = open_clip.create_model(name, pretrained=tag, **kwargs)
+            if "weights_only" in inspect.signature(open_clip.create_model).parameters:
+                kwargs["weights_only"] = True
+            with weights_only_loads():
+                model = open_clip.create_model(name, pretrained=tag, **kwargs)
+    except pickle.UnpicklingError as err:
+        raise WeightsUnavailableError(
+            f"refused to load weights {tag or name!r}: the file holds Python objects beyond tensors"
+            f"{unpickle_refusal_detail(err)}, and unpickling them could run code, so fgad reads pickled weights with "
+            "torch.load(weights_only=True) only. Do not trust this file unless you made it; use open_clip's "
+            "published weights or a .safetensors file"
+        ) from err
     except RuntimeError as err:
         if "Unknown model" in str(err) or "Model config for" in str(err):
             raise ConfigError(
@@ -96,6 +116,28 @@ def create_clip(bb: BackboneConfig, pretrained: str | None = None, use_config_pr
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def unpickle_refusal_detail(err: BaseException) -> str:
+    """`` (it references NAME)`` for torch's weights-only refusal of a global, else ``""``."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    return f" (it references {found.group(1)})" if found else ""
+
+
+@contextlib.contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Every ``torch.load`` inside the block unpickles tensors and plain containers only, whatever its caller
+    passes (``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` overrides an explicit ``weights_only=False``)."""
+    key = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+    before = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
 
 
 def _offline_error(name: str, tag: str | None, err: BaseException) -> WeightsUnavailableError:

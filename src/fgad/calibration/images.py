@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fgad.core.io import IMAGE_EXTENSIONS, read_image
+from fgad.core.io import IMAGE_EXTENSIONS, read_image_set
 from fgad.core.transforms import preprocess
 
 __all__ = [
@@ -68,15 +68,27 @@ def preprocess_images(
     mean: Sequence[float],
     std: Sequence[float],
     progress: bool = True,
+    what: str = "calibration images",
 ) -> np.ndarray:
-    """Read and preprocess ``paths`` like the runtime: float32 ``[N, 3, size, size]``."""
+    """Read and preprocess ``paths`` like the runtime: float32 ``[N, 3, size, size]``.
+
+    Every file must be readable: :class:`fgad.core.io.UnreadableImagesError` (a ``ValueError``) names each one
+    that is not (``what`` says what they are in that message); none is skipped, since the images define the
+    ranges the int8 graph is calibrated on (or, as references, what is normal).
+    """
     from tqdm import tqdm
 
     if not paths:
-        raise ValueError("no calibration images given")
+        raise ValueError(f"no {what} given")
     out = np.empty((len(paths), 3, size, size), dtype=np.float32)
-    for i, path in enumerate(tqdm(paths, desc="calibration images", unit="img", disable=not progress, leave=False)):
-        out[i] = preprocess(read_image(path), size, mean, std)
+    filled = 0
+
+    def put(image: np.ndarray) -> None:
+        nonlocal filled
+        out[filled] = preprocess(image, size, mean, std)
+        filled += 1
+
+    read_image_set(tqdm(paths, desc=what, unit="img", disable=not progress, leave=False), what, put)
     return out
 
 

@@ -41,6 +41,7 @@ import numpy as np
 
 from fgad.calibration.families import FAMILIES, classify_nodes, constant_names, ensure_node_names
 from fgad.calibration.images import ImageCalibrationReader
+from fgad.core.onnx_external import check_external_data
 
 __all__ = [
     "DEFAULT_KEEP_FLOAT",
@@ -433,6 +434,7 @@ def quantize_qdq(
     src = Path(fp32_onnx)
     if not src.is_file():
         raise FileNotFoundError(f"fp32 ONNX graph {src} does not exist; export a bundle with fgad-export first")
+    check_external_data(src)  # onnx and onnxruntime read its external data: it must stay next to the graph
     target = Path(out_onnx)
     if target.resolve() == src.resolve():
         raise ValueError(f"out_onnx {target} is the fp32 graph itself; write the Q/DQ graph to another path")

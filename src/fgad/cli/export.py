@@ -175,7 +175,7 @@ def _preprocessed(paths: Sequence[Path], manifest: Any) -> np.ndarray:
     from fgad.calibration.images import preprocess_images
 
     spec = manifest.input
-    return preprocess_images(paths, spec.size, spec.mean, spec.std, progress=False)
+    return preprocess_images(paths, spec.size, spec.mean, spec.std, progress=False, what="reference images")
 
 
 def _check_images(bundle: Path, manifest: Any, refs_dir: Path | None,

@@ -14,8 +14,12 @@ Decoding notes:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -23,6 +27,7 @@ import numpy as np
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 PathLike = str | os.PathLike[str]
+T = TypeVar("T")
 
 
 class ImageReadError(Exception):
@@ -36,6 +41,93 @@ class ImageReadError(Exception):
     def __reduce__(self) -> tuple[type, tuple[Path, str]]:
         # Keeps the exception picklable, so it survives DataLoader worker processes.
         return (type(self), (self.path, self.reason))
+
+
+class UnreadableImagesError(ImageReadError, ValueError):
+    """Some images of a set the result depends on (reference, shot or calibration images)
+    cannot be read. Raised by :func:`read_image_set` after trying every file; names every failure in one line.
+
+    ``failures`` holds each :class:`ImageReadError`; ``path`` and ``reason`` are the first one's. It is an
+    ``ImageReadError`` (callers that catch those keep working) and a ``ValueError`` (the CLIs print it as one
+    line).
+    """
+
+    def __init__(self, failures: Sequence[ImageReadError], total: int, what: str = "images") -> None:
+        if not failures:
+            raise ValueError("UnreadableImagesError needs at least one failure")
+        self.failures = list(failures)
+        self.total = int(total)
+        self.what = what
+        listed = "; ".join(f"'{f.path}' ({f.reason})" for f in self.failures)
+        self.path = self.failures[0].path
+        self.reason = self.failures[0].reason
+        Exception.__init__(
+            self,
+            f"{len(self.failures)} of {self.total} {what} cannot be read: {listed}. fgad refuses rather than skip "
+            "them, since a skipped one would silently change the result: fix, replace or remove these files and "
+            "run again",
+        )
+
+    def __reduce__(self) -> tuple[type, tuple[list[ImageReadError], int, str]]:  # type: ignore[override]
+        return (type(self), (self.failures, self.total, self.what))
+
+
+def read_image_set(
+    paths: Iterable[PathLike],
+    what: str = "reference images",
+    convert: Callable[[np.ndarray], T] | None = None,
+) -> list[T]:
+    """Read every one of ``paths`` (``read_image``), or refuse them all.
+
+    Every file is tried; if any cannot be read, :class:`UnreadableImagesError` names each of them (this is
+    the rule for reference and calibration images: they define "normal", so none is dropped silently).
+    ``convert`` is applied to each image as it is read (e.g. preprocessing, so only its result is kept in
+    memory); it is not called once a failure was seen. Any size the decoder returns is accepted: the model's
+    preprocessing resizes to its input, so a tiny image is upsampled, not refused.
+    """
+    results: list[T] = []
+    failures: list[ImageReadError] = []
+    total = 0
+    for path in paths:
+        total += 1
+        try:
+            image = read_image(path)
+        except ImageReadError as exc:
+            failures.append(exc)
+            continue
+        if not failures:
+            results.append(convert(image) if convert is not None else image)  # type: ignore[arg-type]
+    if failures:
+        raise UnreadableImagesError(failures, total, what)
+    return results
+
+
+_QUIET_LOCK = threading.Lock()
+_quiet_depth = 0
+_saved_level: int | None = None
+
+
+@contextlib.contextmanager
+def quiet_opencv() -> Iterator[None]:
+    """Silence OpenCV's own log lines (``[ERROR:0@..] global grfmt_png.cpp ...``) inside the block (a decode or
+    an encode): a broken file is reported once, by the error naming it, not also by OpenCV on stderr."""
+    global _quiet_depth, _saved_level
+    logging_api = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging_api is None:
+        yield
+        return
+    with _QUIET_LOCK:
+        if _quiet_depth == 0:
+            _saved_level = logging_api.getLogLevel()
+            logging_api.setLogLevel(logging_api.LOG_LEVEL_SILENT)
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _QUIET_LOCK:
+            _quiet_depth -= 1
+            if _quiet_depth == 0 and _saved_level is not None:
+                logging_api.setLogLevel(_saved_level)
 
 
 def _decode(path: PathLike) -> np.ndarray:
@@ -52,7 +144,8 @@ def _decode(path: PathLike) -> np.ndarray:
     if buf.size == 0:
         raise ImageReadError(p, "file is empty (0 bytes); re-copy or delete it")
     try:
-        arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        with quiet_opencv():
+            arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
         raise ImageReadError(p, f"decoder failed ({exc}); the file is probably corrupt") from exc
     if arr is None or arr.size == 0:

@@ -81,13 +81,18 @@ def list_reference_images(
     return files
 
 
-def load_reference_images(paths: Sequence[str | os.PathLike[str]], cfg: ModelConfig) -> torch.Tensor:
-    """Preprocess images exactly as the runtime does (fgad.core.transforms.preprocess) -> [k, 3, s, s]."""
-    from fgad.core.io import read_image
+def load_reference_images(paths: Sequence[str | os.PathLike[str]], cfg: ModelConfig,
+                          what: str = "reference images") -> torch.Tensor:
+    """Preprocess images exactly as the runtime does (fgad.core.transforms.preprocess) -> [k, 3, s, s].
+
+    Every file must be readable: :class:`fgad.core.io.UnreadableImagesError` (a ``ValueError``) names each one
+    that is not, and nothing is exported (references define what the bundle calls normal).
+    """
+    from fgad.core.io import read_image_set
     from fgad.core.transforms import preprocess
 
     bb = cfg.backbone
-    arrays = [preprocess(read_image(p), bb.image_size, bb.mean, bb.std) for p in paths]
+    arrays = read_image_set(paths, what, lambda image: preprocess(image, bb.image_size, bb.mean, bb.std))
     return torch.from_numpy(np.stack(arrays).astype(np.float32))
 
 
@@ -222,7 +227,8 @@ def write_bundle(
             plan.use_references(None if ref_images is None else ref_images.to(device), ref_paths)
 
         if approximation_images:
-            measure_on = load_reference_images([Path(p) for p in approximation_images], cfg)
+            measure_on = load_reference_images([Path(p) for p in approximation_images], cfg,
+                                               what="images to measure on")
             measured = f"{len(measure_on)} given images"
         else:
             measure_on, measured = check_images, parity["inputs"]

@@ -37,6 +37,7 @@ import numpy as np
 from fgad.bundle import ENGINE_FILE, MANIFEST_FILE, PLUGIN_DIR, QDQ_FILE, Manifest, file_sha256, load_manifest
 from fgad.bundle.staging import parity_tolerance
 from fgad.core.atomic import atomic_path, atomic_write_json
+from fgad.core.onnx_external import check_external_data
 from fgad.export.deform_flavours import PLUGIN_ID, deformconv_to_plugin, normalize_deform
 from fgad.export.op_coverage import MIN_TENSORRT, CoverageReport, check_tensorrt_coverage
 from fgad.export.tensorrt_build import (
@@ -287,6 +288,7 @@ def add_engine(
         raise EngineBuildError("--deform plugin needs the plugin library built from cpp_ext: pass --plugin PATH "
                                "(docs/jetson.md), or use --deform native")
     source = root / onnx_file
+    check_external_data(source)  # TensorRT's parser opens external data as written: keep it inside the bundle
     quantized = _is_qdq(source)  # an int8 bundle of fgad-calibrate: model.onnx is already the Q/DQ graph
     if quantized and options.precision != "int8":
         raise EngineBuildError(f"{onnx_file} is a Q/DQ (int8) graph: build it with --engine int8, or give the fp32 "

@@ -13,10 +13,14 @@ import cv2
 import numpy as np
 
 from fgad.core.atomic import atomic_write_bytes
+from fgad.core.io import quiet_opencv
 
-__all__ = ["colorize", "heatmap_overlay", "render_panel", "save_image_rgb"]
+__all__ = ["MAX_TILE_ASPECT", "colorize", "heatmap_overlay", "render_panel", "save_image_rgb"]
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
+#: A panel tile is at most this many times wider than tall, or taller than wide: an image beyond (a line-scan
+#: strip, a 1-pixel-high frame) is stretched to the bound, so the panel stays about ``3 * 4 * height`` wide.
+MAX_TILE_ASPECT = 4
 
 
 def _check_amap(amap: np.ndarray) -> np.ndarray:
@@ -144,17 +148,19 @@ def render_panel(
 ) -> np.ndarray:
     """Side-by-side panel ``[input | overlay | heatmap]`` with a text strip on top.
 
-    Every tile is ``height`` pixels tall and keeps the input image's aspect ratio. The strip (black,
-    ``max(16, height // 10)`` pixels) shows the score and label when given and is present either way,
-    so panels of one run all have the same size and can be stacked into a grid.
-    Returns RGB uint8 ``[strip + height, 3 * tile_width, 3]``.
+    Every tile is ``height`` pixels tall and keeps the input image's aspect ratio up to
+    :data:`MAX_TILE_ASPECT` (4:1 either way); a more extreme image (down to 1 pixel high or wide) is
+    stretched to a tile of that ratio, so the panel is at most ``3 * 4 * height`` pixels wide and always
+    encodable. The strip (black, ``max(16, height // 10)`` pixels) shows the score and label when given
+    (shrunk to fit a narrow panel) and is present either way, so panels of one run all have the same size
+    and can be stacked into a grid. Returns RGB uint8 ``[strip + height, 3 * tile_width, 3]``.
     """
     if int(height) != height or height < 8:
         raise ValueError(f"height must be an integer >= 8, got {height}")
     height = int(height)
     img = _to_rgb(image_rgb)
     h, w = img.shape[:2]
-    tile_w = max(1, round(w * height / h))
+    tile_w = min(max(round(w * height / h), max(1, height // MAX_TILE_ASPECT)), height * MAX_TILE_ASPECT)
     amap_f = _check_amap(amap)
 
     overlay = heatmap_overlay(img, amap_f, vmin=vmin, vmax=vmax, gt_mask=gt_mask)
@@ -171,6 +177,9 @@ def render_panel(
     if text:
         thickness = 1
         scale = cv2.getFontScaleFromHeight(_FONT, max(1, round(strip_h * 0.6)), thickness)
+        (text_w, _), _ = cv2.getTextSize(text, _FONT, scale, thickness)
+        if text_w > body.shape[1] - 8:  # a narrow panel (a tall, thin image): smaller text rather than cut off
+            scale *= max(body.shape[1] - 8, 1) / text_w
         (_, text_h), _ = cv2.getTextSize(text, _FONT, scale, thickness)
         baseline_y = (strip_h + text_h) // 2
         cv2.putText(strip, text, (4, baseline_y), _FONT, scale, (255, 255, 255), thickness, cv2.LINE_AA)
@@ -200,9 +209,11 @@ def save_image_rgb(path: str | os.PathLike[str], image_rgb: np.ndarray) -> None:
             f"cannot save image to {target}: expected [H, W] or [H, W, 3], got shape {img.shape}"
         )
     try:
-        ok, buf = cv2.imencode(suffix, img)
+        with quiet_opencv():
+            ok, buf = cv2.imencode(suffix, img)
     except cv2.error as exc:
         raise ValueError(f"cannot save image to {target}: OpenCV cannot encode '{suffix}' ({exc})") from exc
     if not ok:
-        raise OSError(f"cannot save image to {target}: OpenCV failed to encode the image as '{suffix}'")
+        raise OSError(f"cannot save image to {target}: OpenCV failed to encode the {img.shape[1]}x{img.shape[0]} "
+                      f"image as '{suffix}'")
     atomic_write_bytes(target, buf.tobytes())

@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import time
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ from fgad.bundle import (
     reference_keys,
 )
 from fgad.core.cells import POSITIONS
-from fgad.core.io import read_image
+from fgad.core.io import ImageReadError, UnreadableImagesError, read_image
 from fgad.core.smoothing import upsample_align_corners
 from fgad.core.transforms import preprocess
 from fgad.runtime.backends import Backend, check_manifest, create_backend
@@ -237,8 +238,12 @@ class Detector:
         if keys is None:
             wanted = ", ".join(f"layer_{layer}" for layer in self.layers)
             raise BundleError(f"references file '{path}' must hold arrays {wanted}", "fewshot.file")
-        with np.load(path, allow_pickle=False) as data:
-            rows = {layer: data[keys[layer]] for layer in self.layers}
+        try:  # allow_pickle=False: an object array (a pickle) is refused, not unpickled
+            with np.load(path, allow_pickle=False) as data:
+                rows = {layer: data[keys[layer]] for layer in self.layers}
+        except (ValueError, OSError, zipfile.BadZipFile) as exc:
+            raise BundleError(f"references file '{path}' cannot be read ({exc}); re-export the bundle or write the "
+                              "file again with Detector.save_references", "fewshot.file") from exc
         n = self.manifest.num_patches
         for layer, arr in rows.items():
             if arr.ndim != 2 or arr.shape[0] % n or arr.shape[1] != memory.indexes[layer].dim:
@@ -368,25 +373,42 @@ class Detector:
 
         The graph runs on them, their ``tokens_<layer>`` rows (normalised) join the memory, and with threshold
         ``"auto"`` the threshold is recomputed (unless ``recalibrate=False``). No re-export is needed.
+
+        All or nothing: every path is read, and if any cannot be,
+        :class:`fgad.core.io.UnreadableImagesError` (an ``ImageReadError`` and a ``ValueError``) names each one
+        and the memory is left as it was (references define what is normal; none is dropped silently).
         """
-        if self.memory is None:
-            self.memory = self._new_memory()
         items = list(images)
         n = self.manifest.num_patches
-        added = 0
         names = self._token_names()
+        memory = self.memory if self.memory is not None else self._new_memory()
+        staged: list[tuple[dict[int, np.ndarray], str, np.ndarray, float, np.ndarray | None]] = []
+        failures: list[ImageReadError] = []
         for start in range(0, len(items), max(1, batch_size)):
-            loaded = [_as_rgb(x) for x in items[start : start + batch_size]]
+            loaded = []
+            for item in items[start : start + batch_size]:
+                try:
+                    loaded.append(_as_rgb(item))
+                except ImageReadError as exc:
+                    failures.append(exc)
+            if failures or not loaded:
+                continue  # keep reading, to name every unreadable file; nothing runs or is added
             batch = self._preprocess([img for img, _ in loaded])
             outs = self.backend.run(batch, ["vl_map", "global_prob", *names, *self._prior_names()])
             tokens = {layer: self._tokens(outs, layer, len(loaded)) for layer in self.layers}
             for j, (_, name) in enumerate(loaded):
-                first = self.memory.ntotal
-                self.memory.add({layer: tokens[layer][j] for layer in self.layers})
                 vl = np.array(outs["vl_map"][j], dtype=np.float32)
                 weight = np.array(outs["region_weight"][j], dtype=np.float32) if "region_weight" in outs else None
-                self._refs.append(_Reference(name, first, first + n, vl, float(outs["global_prob"][j]), weight))
-                added += 1
+                staged.append(({layer: tokens[layer][j] for layer in self.layers}, name, vl,
+                               float(outs["global_prob"][j]), weight))
+        if failures:
+            raise UnreadableImagesError(failures, len(items), "reference images")
+        self.memory = memory
+        for rows, name, vl, global_prob, weight in staged:
+            first = memory.ntotal
+            memory.add(rows)
+            self._refs.append(_Reference(name, first, first + n, vl, global_prob, weight))
+        added = len(staged)
         if recalibrate and self._threshold_mode == "auto" and added:
             self._threshold = self.calibrate_threshold()
         return added

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 from fgad.core.cells import POSITIONS
-from fgad.data.datasets import discover, load_sample_arrays
+from fgad.core.io import read_image_set
+from fgad.core.transforms import preprocess
+from fgad.data.datasets import discover
 from fgad.evaluation import EvalSettings, choose_shots, score_samples, test_samples
 from fgad.methods.filo.model import FiLoPlusPlus
 from fgad.methods.filo.priors.base import BoxPrior, BoxPriorResult
@@ -44,11 +46,9 @@ def evaluate_class(
     if settings.shots > 0:
         train_good = discover(root, "train", [class_name])
         idx = choose_shots(train_good, settings.shots, settings.seed)
-        refs = [load_sample_arrays(train_good[i], size, bb.mean, bb.std) for i in idx]
-        bad = [str(train_good[i].image_path) for i, r in zip(idx, refs, strict=True) if r is None]
-        if bad:
-            raise ValueError(f"reference image(s) unreadable: {bad}")
-        model.set_reference_images(torch.from_numpy(np.stack([r[0] for r in refs])))
+        refs = read_image_set([train_good[i].image_path for i in idx], "reference images",
+                              lambda image: preprocess(image, size, bb.mean, bb.std))
+        model.set_reference_images(torch.from_numpy(np.stack(refs)))
         info["reference_images"] = [str(train_good[i].image_path) for i in idx]
     samples = test_samples(root, class_name, settings.max_images)
     prior = _box_prior(model, settings)

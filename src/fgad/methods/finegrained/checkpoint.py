@@ -11,11 +11,16 @@ galleries are not stored: they are recomputed from the recorded shot images.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from fgad.backbone.checkpoint import CheckpointError, backbone_fingerprint, load_trainable, read_checkpoint_meta
+from fgad.backbone.checkpoint import (
+    CheckpointError,
+    backbone_fingerprint,
+    load_trainable,
+    read_checkpoint_meta,
+    read_json_object,
+)
 from fgad.config import Config, config_from_dict
 from fgad.core.atomic import atomic_write_json
 from fgad.methods.finegrained.mllp import MllpTexts
@@ -47,7 +52,7 @@ def read_finegrained_meta(ckpt_dir: str | Path) -> dict[str, Any]:
             f"{ckpt_dir}: no {FINEGRAINED_FILE}; a FineGrainedAD checkpoint is written by "
             "fgad-train --config <finegrained config> --class-name NAME --shots K"
         )
-    return json.loads(path.read_text())
+    return read_json_object(path, required={"class_name": str, "texts": dict, "shots": dict})
 
 
 def is_finegrained_checkpoint(ckpt_dir: str | Path) -> bool:

@@ -27,7 +27,7 @@ __all__ = ["evaluate_class_fgad", "load_references"]
 
 def load_references(model: FineGrainedAD | CombinedModel, paths: list[str]) -> None:
     """Fill the galleries from image files (preprocessed as training and the runtime do)."""
-    from fgad.core.io import read_image
+    from fgad.core.io import read_image_set
     from fgad.core.transforms import preprocess
 
     bb = model.cfg.backbone
@@ -37,7 +37,8 @@ def load_references(model: FineGrainedAD | CombinedModel, paths: list[str]) -> N
             f"shot image(s) {missing[:3]} of the checkpoint are missing; pass --shots K to choose references "
             "from --data instead"
         )
-    images = np.stack([preprocess(read_image(p), bb.image_size, bb.mean, bb.std) for p in paths])
+    images = np.stack(read_image_set(paths, "reference images",
+                                     lambda image: preprocess(image, bb.image_size, bb.mean, bb.std)))
     model.set_reference_images(torch.from_numpy(images), list(paths))
 
 

@@ -103,15 +103,12 @@ def load_shots(
     paths: Sequence[str | Path], image_size: int, tiles: int, mean: Sequence[float], std: Sequence[float]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Preprocessed shots at ``s`` ``[k, 3, s, s]`` and at ``tiles * s`` ``[k, 3, tiles*s, tiles*s]``."""
-    from fgad.core.io import read_image
+    from fgad.core.io import read_image_set
     from fgad.core.transforms import preprocess
 
-    small, big = [], []
-    for p in paths:
-        image = read_image(p)
-        small.append(preprocess(image, image_size, mean, std))
-        big.append(preprocess(image, image_size * tiles, mean, std))
-    return torch.from_numpy(np.stack(small)), torch.from_numpy(np.stack(big))
+    pairs = read_image_set(paths, "shot images", lambda image: (preprocess(image, image_size, mean, std),
+                                                                preprocess(image, image_size * tiles, mean, std)))
+    return torch.from_numpy(np.stack([s for s, _ in pairs])), torch.from_numpy(np.stack([b for _, b in pairs]))
 
 
 # ---------------------------------------------------------------------------------- regions

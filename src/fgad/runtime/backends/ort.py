@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from fgad.bundle import BundleError
+from fgad.core.onnx_external import ExternalDataError, check_external_data
 
 __all__ = ["OrtBackend", "cpu_int8_kernels_exact", "session_options"]
 
@@ -111,6 +112,10 @@ class OrtBackend:
 
         self.model_path = Path(model_path)
         self.input_name = input_name
+        try:  # before onnxruntime opens any of it: external data must stay next to the graph
+            check_external_data(self.model_path)
+        except (ExternalDataError, OSError) as exc:
+            raise BundleError(f"field 'engine.file': {exc}", "engine.file") from exc
         options = session_options(quantized, threads)
         available = ort.get_available_providers()
         if providers is None:

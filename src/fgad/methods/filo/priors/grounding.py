@@ -224,9 +224,13 @@ def load_grounding_dino(source: str | os.PathLike[str], local_files_only: bool =
     if not local and (path.exists() or text.startswith((".", "/", "~"))):
         raise DetectorNotFoundError(f"Grounding DINO {text!r}: not a folder; pass a model folder or a model id")
     where = str(path) if local else text
+    from fgad.backbone.clip_loader import weights_only_loads
+
     try:
-        detector = modeling.GroundingDinoForObjectDetection.from_pretrained(where, local_files_only=local_files_only)
-        tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_files_only)
+        with weights_only_loads():  # a pickled pytorch_model.bin unpickles tensors only, whatever transformers asks
+            detector = modeling.GroundingDinoForObjectDetection.from_pretrained(where,
+                                                                                local_files_only=local_files_only)
+            tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_files_only)
     except OSError as err:
         if local:
             raise DetectorNotFoundError(
