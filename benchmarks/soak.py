@@ -197,7 +197,7 @@ def write_chart(runs: list[dict[str, Any]], path: Path) -> bool:
         xs = np.array([fit["first_frame"], fit["last_frame"]], dtype=np.float64)
         ys = (fit["intercept_kib"] + fit["slope_kib_per_1000_frames"] * xs / 1000) / 1024
         ax.plot(xs, ys, "--", color=colour, lw=1,
-                label=f"fit: {fit['slope_kib_per_1000_frames']:+.1f} KiB / 1000 frames")
+                label=f"fit: {_kib(fit['slope_kib_per_1000_frames'])} KiB / 1000 frames")
     ax.axvline(runs[0]["warmup"], color="grey", lw=0.8, ls=":")
     ax.set_xlabel("frame")
     ax.set_ylabel("resident set size (MiB)")
@@ -211,6 +211,11 @@ def write_chart(runs: list[dict[str, Any]], path: Path) -> bool:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return True
+
+
+def _kib(value: float) -> str:
+    """Signed, one decimal, no negative zero."""
+    return f"{round(value, 1) + 0.0:+.1f}"
 
 
 def markdown(result: dict[str, Any], chart: str | None) -> str:
@@ -234,7 +239,8 @@ def markdown(result: dict[str, Any], chart: str | None) -> str:
         f"`--log-every {result['every']}` line; the line is fitted after the first {result['warmup']} frames "
         f"(warm-up); warm-up growth is from the first sample to the first fitted one.",
         "",
-        "| source | frames | s | FPS | RSS at first sample (MiB) | RSS at end (MiB) | peak (VmHWM, MiB) | "
+        "| source | frames | s (whole run) | FPS (last 30 frames) | RSS at first sample (MiB) | RSS at end (MiB) | "
+        "peak (VmHWM, MiB) | "
         "warm-up growth (KiB) | growth after warm-up (KiB) | "
         "slope (KiB / 1000 frames) | 95 % interval | residual std (KiB) | fitted growth (KiB) | flat? |",
         "|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---|",
@@ -247,15 +253,15 @@ def markdown(result: dict[str, Any], chart: str | None) -> str:
             f"| {run['name']} | {run['json_lines']} | {run['seconds']:.0f} | {s[-1]['fps']:.0f} | "
             f"{s[0]['rss_kib'] / 1024:.1f} | {s[-1]['rss_kib'] / 1024:.1f} | {s[-1]['hwm_kib'] / 1024:.1f} | "
             f"{first_fitted - s[0]['rss_kib']:+d} | {s[-1]['rss_kib'] - first_fitted:+d} | "
-            f"{fit['slope_kib_per_1000_frames']:+.1f} | [{lo:+.1f}, {hi:+.1f}] | {fit['residual_std_kib']:.1f} | "
-            f"{fit['fitted_growth_kib']:+.1f} | {'yes' if fit['flat'] else '**no**'} |")
+            f"{_kib(fit['slope_kib_per_1000_frames'])} | [{_kib(lo)}, {_kib(hi)}] | {fit['residual_std_kib']:.1f} | "
+            f"{_kib(fit['fitted_growth_kib'])} | {'yes' if fit['flat'] else '**no**'} |")
     lines += [
         "",
         f"Flat within noise means: the growth the fitted line predicts over the fitted window is at most "
-        f"max({RESIDUAL_SIGMAS:g} x residual std, {FLOOR_KIB:g} KiB) (allocator granularity). "
-        + " ".join(f"{run['name']}: {run['fit']['slope_kib_per_1000_frames']:+.1f} KiB / 1000 frames would be "
-                   f"{run['fit']['slope_kib_per_1000_frames'] * 2160 / 1024:+.1f} MiB a day at 25 FPS."
-                   for run in result["runs"]),
+        f"max({RESIDUAL_SIGMAS:g} x residual std, {FLOOR_KIB:g} KiB) (allocator granularity). A day at 25 FPS is "
+        "2.16 million frames; at the upper end of the slope's 95 % interval that would be "
+        + ", ".join(f"{_kib(max(run['fit']['slope_ci95_kib_per_1000_frames'][1], 0.0) * 2160 / 1024)} MiB a day "
+                    f"({run['name']})" for run in result["runs"]) + ".",
     ]
     if chart:
         lines += ["", f"![RSS over frames]({chart})"]
@@ -274,8 +280,20 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, default=None, help="soak this bundle instead of the fake one")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per source before giving up")
     parser.add_argument("--shared-machine", action="store_true", help="note that other jobs shared the CPUs")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite soak.md and soak.png from the soak.json in --out, without running")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    if args.report_only:
+        import json
+
+        from fgad.core.atomic import atomic_write_text
+
+        saved = json.loads((args.out / "soak.json").read_text())
+        chart = "soak.png" if write_chart(saved["runs"], args.out / "soak.png") else None
+        atomic_write_text(args.out / "soak.md", markdown(saved, chart))
+        print((args.out / "soak.md").read_text())
+        return
     if args.warmup is None:
         args.warmup = args.frames // 4
     if not Path("/proc/self/status").is_file():
