@@ -137,7 +137,10 @@ def test_collect_builds_the_readme(tmp_path: Path) -> None:
     (root / "cpu" / "vitb16" / "NOTE.md").write_text("> fp32 only: int8 ran out of memory.\n")
     (root / "cpu" / "int8").mkdir()
     (root / "cpu" / "int8" / "int8_accuracy.md").write_text("# INT8 vs fp32\n\n| | fp32 |\n")
+    (root / "cpu" / "soak").mkdir()
+    (root / "cpu" / "soak" / "soak.md").write_text("# Soak\n\n![RSS over frames](soak.png)\n")
     text = collect(root)
+    assert "## Soak\n\n![RSS over frames](cpu/soak/soak.png)" in text  # its chart link seen from the README
     assert text.startswith("# Benchmark results")
     assert "## vitb16-224 (fgad-tiny, 112 px), cpu\n\n> fp32 only: int8 ran out of memory.\n" in text
     assert "> fp32 only" not in text.split("## vitb16-224")[0]  # the note stays in its own section

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ CHART_FILE = "bench.png"
 #: tables written by benchmarks/accuracy.py, included in the collected README as they are
 ACCURACY_FILE = "accuracy.md"
 #: Tables written by the other benchmark scripts, collected after the accuracy tables.
-OTHER_TABLES = ("int8_accuracy.md", "box_prior_ablation.md", "fgad_training.md")
+OTHER_TABLES = ("int8_accuracy.md", "box_prior_ablation.md", "fgad_training.md", "soak.md")
 #: A hand-written note beside a bench.json (how the run was made, what went wrong), shown under its heading.
 NOTE_FILE = "NOTE.md"
 PLOT_EXTRA_MESSAGE = "charts need matplotlib: pip install 'fgad[plot]'"
@@ -257,6 +258,8 @@ def collect(root: str | os.PathLike[str]) -> str:
         name = table.relative_to(base).as_posix()
         lines = table.read_text().strip().splitlines()
         body = "\n".join("#" + line if line.startswith("#") else line for line in lines)
+        folder = table.parent.relative_to(base).as_posix()  # its relative image links, seen from the README
+        body = re.sub(r"!\[([^\]]*)\]\((?![a-z][a-z0-9+.-]*:|/)([^)]+)\)", rf"![\1]({folder}/\2)", body)
         sections.append(f"<!-- {name} -->\n{body}\n\n(from [{name}]({name}), written by `{writer}`)\n")
     if not any(load_result(p)["device"].get("target") == "cuda" for p in files):
         sections.append(GPU_NOT_MEASURED)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from fgad.cli.common import friendly_errors, setup_logging
+from fgad.cli.common import check_outputs, friendly_errors, setup_logging
 
 
 def _split(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
@@ -119,6 +119,7 @@ def main(bundle_dir: Path | None, config_name: str | None, backends: tuple[str, 
         raise click.UsageError("pass exactly one of --bundle or --config")
     if images is None and (refs is not None or class_name is not None):
         raise click.UsageError("--refs and --class-name go with --images")
+    check_outputs(("--out", out_dir, "dir"))  # before the minutes of timing
 
     from fgad.bench.benchmark import BenchSpec, run_benchmark
     from fgad.bench.report import PLOT_EXTRA_MESSAGE, write_results

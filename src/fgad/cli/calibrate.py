@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fgad.cli.common import friendly_errors, setup_logging
+from fgad.cli.common import check_outputs, friendly_errors, setup_logging
 
 METHODS = ("entropy", "percentile", "minmax")
 
@@ -32,6 +32,7 @@ def main(bundle_dir: Path, calib_dir: Path | None, out_dir: Path, method: str, p
          limit: int | None, seed: int, verbose: bool) -> None:
     """Write OUT: a copy of BUNDLE whose model.onnx is the Q/DQ int8 graph (runs in onnxruntime; TensorRT builds
     an int8 engine from it)."""
+    check_outputs(("--out", out_dir, "bundle"))
     setup_logging(verbose)
     import json
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from fgad.cli.common import friendly_errors, setup_logging
+from fgad.cli.common import check_outputs, friendly_errors, setup_logging
 
 _DATASET_HELP = (
     "Description bank of the class, for its defect phrases: mvtec, visa, magnetic_tile, synthetic, or a bank "
@@ -47,6 +47,7 @@ def main() -> None:
 def draft(image: Path, class_name: str, out_file: Path | None, foreground: str | None, dataset: str | None,
           llm_cmd: str | None, llm_timeout: float, strict: bool, verbose: bool) -> None:
     """Draft a caption record from one normal IMAGE of the product."""
+    check_outputs(("--out", out_file, "file"))
     setup_logging(verbose)
     from fgad.core.io import ImageReadError, read_image
     from fgad.data.descriptions import BUILTIN_BANKS, display_name

@@ -1,10 +1,14 @@
-"""Shared CLI plumbing: logging set-up and turning known errors into one clear line."""
+"""Shared CLI plumbing: logging set-up, the output-path check every command runs before it starts, and turning
+known errors into one clear line."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -42,8 +46,49 @@ def setup_logging(verbose: bool) -> None:
             handler.addFilter(_DropExpectedNotices())
 
 
+class OutputPathUsageError(click.ClickException):
+    """An output path the command cannot write: exit status 2 (a usage problem), shown as one ``Error:`` line
+    (no usage block: the options were well-formed, the path is what is wrong)."""
+
+    exit_code = 2
+
+
+#: (option, path or None, kind) with kind one of fgad.core.outputs.OUTPUT_KINDS
+Output = tuple[str, str | os.PathLike[str] | None, str]
+
+
+def check_outputs(*outputs: Output) -> None:
+    """Check every output path of a command before it starts working (fgad.core.outputs.check_output_path);
+    the first one that cannot be written raises :class:`OutputPathUsageError` naming its option. A ``"bundle"``
+    must also be a folder a bundle may replace (absent, empty, or an earlier bundle)."""
+    from fgad.core.outputs import OutputPathError, check_output_path
+
+    for option, path, kind in outputs:
+        if path is None:
+            continue
+        try:
+            check_output_path(path, kind)
+            if kind == "bundle":
+                from fgad.bundle.staging import check_target
+
+                check_target(Path(path))
+        except (OutputPathError, FileExistsError) as err:
+            raise OutputPathUsageError(f"{option} {err}") from None
+
+
+#: errnos that mean the disk or the file system refused (full, read-only, no permission, a path that is not
+#: what it should be), not a bug: reported as one line
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                         errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENOENT, errno.ENAMETOOLONG, errno.EIO})
+
+
+def _is_disk_error(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in DISK_ERRNOS
+
+
 def friendly_errors(fn: F) -> F:
-    """Report user errors (bad config, missing data or weights) as one line, not a traceback."""
+    """Report user errors (bad config, missing data or weights) and refusals of the disk (full, read-only, a
+    folder that vanished) as one line, not a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -52,9 +97,11 @@ def friendly_errors(fn: F) -> F:
         except KeyboardInterrupt:
             raise click.Abort() from None
         except Exception as err:
-            if not isinstance(err, _user_errors()):
+            if not (isinstance(err, _user_errors()) or _is_disk_error(err)):
                 raise
             message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+            if isinstance(err, OSError) and err.errno is not None and err.strerror:
+                message = f"{err.filename}: {err.strerror}" if err.filename else err.strerror
             raise click.ClickException(str(message)) from err
 
     return wrapper  # type: ignore[return-value]

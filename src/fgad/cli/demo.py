@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from fgad.cli.common import friendly_errors, setup_logging
+from fgad.cli.common import check_outputs, friendly_errors, setup_logging
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,6 +29,7 @@ from fgad.cli.common import friendly_errors, setup_logging
 @friendly_errors
 def main(out_dir: Path, config_name: str, epochs: int, seed: int, progress: bool, verbose: bool) -> None:
     """Synthetic parts -> train -> 0/2-shot evaluation -> tables and overlays."""
+    check_outputs(("--out", out_dir, "dir"))
     setup_logging(verbose)
     import torch
 

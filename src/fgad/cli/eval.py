@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fgad.cli.common import friendly_errors, setup_logging, split_classes
+from fgad.cli.common import check_outputs, friendly_errors, setup_logging, split_classes
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,13 +42,14 @@ def main(checkpoint: Path | None, config_name: str | None, data_root: Path, out_
          batch_size: int,
          num_overlays: int, max_images: int | None, progress: bool, verbose: bool) -> None:
     """Write metrics.json, metrics.md, predictions.jsonl and overlays/ to OUT."""
+    if (checkpoint is None) == (config_name is None):
+        raise click.UsageError("pass exactly one of --checkpoint or --config")
+    check_outputs(("--out", out_dir, "dir"))  # before torch and the model load
     setup_logging(verbose)
     import torch
 
     from fgad.evaluation import EvalSettings, evaluate
 
-    if (checkpoint is None) == (config_name is None):
-        raise click.UsageError("pass exactly one of --checkpoint or --config")
     if checkpoint is not None:
         from fgad.methods.registry import load_any_checkpoint  # any method's, by the checkpoint
 

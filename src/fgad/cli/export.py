@@ -14,7 +14,7 @@ from typing import Any
 import click
 import numpy as np
 
-from fgad.cli.common import friendly_errors, setup_logging
+from fgad.cli.common import check_outputs, friendly_errors, setup_logging
 from fgad.cli.export_settings import DEFAULT_OPSET, DEFAULT_TEXT_MODE, EngineRequest, NewExport, export_settings
 
 ENGINES = ("onnx", "fp32", "fp16", "int8")
@@ -75,11 +75,14 @@ DEFORM_CHOICES = ("decomposed", "native", "plugin", "onnx")
 def main(**options: Any) -> None:
     """Write model.onnx, references.npz and manifest.json to OUT (docs/bundle.md); with --engine, model.engine."""
     settings = export_settings(options)
-    if settings.bundle_dir is not None:
+    timing_cache = ("--timing-cache", settings.engine.timing_cache, "file")
+    if settings.bundle_dir is not None:  # the engine is written into the bundle (a missing one: load_manifest says so)
+        check_outputs(("--bundle", settings.bundle_dir if settings.bundle_dir.is_dir() else None, "dir"), timing_cache)
         setup_logging(settings.verbose)
         _engine_for_bundle(settings.bundle_dir, settings.engine, settings.refs_dir, None)
         return
     assert settings.export is not None
+    check_outputs(("--out", settings.export.out_dir, "bundle"), timing_cache)  # before torch and the checkpoint load
     _export_new_bundle(settings.export, settings.engine, settings.refs_dir, settings.verbose)
 
 

@@ -2,7 +2,9 @@
 
 Per frame: score, decision, optional overlay PNG (--save) and JSON line (--jsonl); FPS in the window title
 (--show, when OpenCV has a GUI and a display exists) and in the log every --log-every frames. Ctrl-C stops
-cleanly with a summary line. Needs only the bundle written by fgad-export (see docs/runtime.md).
+cleanly with a summary line. The output paths are checked before the bundle is loaded; an output that fails
+during the run (a full disk, a folder removed) stops it with one line counting what was written, and never
+leaves half a JSON line. Needs only the bundle written by fgad-export (see docs/runtime.md).
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import click
 
-from fgad.cli.common import friendly_errors, setup_logging
+from fgad.cli.common import check_outputs, friendly_errors, setup_logging
 from fgad.cli.run_settings import DetectorSettings, OutputSettings, SourceSettings, run_settings
 
 logger = logging.getLogger("fgad.run")
@@ -104,6 +106,7 @@ class _Fps:
 def main(**options: Any) -> None:
     """Score every frame of --camera, --video or --images with a bundle."""
     settings = run_settings(options)
+    check_outputs(("--jsonl", settings.output.jsonl_path, "append"), ("--save", settings.output.save_dir, "dir"))
     setup_logging(settings.verbose)
     # the per-frame warnings and FPS lines of this command must be seen whatever the root level
     logging.getLogger("fgad").setLevel(logging.DEBUG if settings.verbose else logging.INFO)
@@ -120,6 +123,7 @@ def main(**options: Any) -> None:
 
 def _run(src: SourceSettings, det: DetectorSettings, out: OutputSettings) -> None:
     """The frame loop: every frame of the source through the detector, into the outputs; a summary at the end."""
+    from fgad.core.outputs import LineWriter
     from fgad.runtime.pipeline import Detector
     from fgad.runtime.sources import open_source
 
@@ -142,30 +146,35 @@ def _run(src: SourceSettings, det: DetectorSettings, out: OutputSettings) -> Non
         out.save_dir.mkdir(parents=True, exist_ok=True)
 
     source = open_source(camera=src.camera, video=src.video, images=src.images, loop=src.loop)
-    jsonl: IO[str] | None = None
-    processed = anomalous = 0
+    jsonl: LineWriter | None = None
+    processed = anomalous = overlays = 0
     interrupted = False
+    output_error: OSError | None = None
     fps = _Fps()
     started = time.perf_counter()
     try:
         with _stop_signals(), source:
             if out.jsonl_path is not None:
-                out.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
-                jsonl = open(out.jsonl_path, "a", encoding="utf-8")  # closed in finally
+                jsonl = LineWriter(out.jsonl_path)  # closed in finally; whole lines, each written through
             for frame_id, frame in source:
                 result = detector(frame)
                 processed += 1
                 anomalous += bool(result.is_anomalous)
                 rate = fps.tick()
-                overlay_path = None
-                if out.save_dir is not None or show:
-                    overlay_path = _render(frame, result, processed, frame_id, out.save_dir, show, rate, detector)
-                if jsonl is not None:
-                    record = {"frame": frame_id, **result.to_dict()}
-                    if overlay_path is not None:
-                        record["overlay"] = str(overlay_path)
-                    jsonl.write(_json_line(record))
-                    jsonl.flush()
+                try:
+                    overlay_path = None
+                    if out.save_dir is not None or show:
+                        overlay_path = _render(frame, result, processed, frame_id, out.save_dir, show, rate,
+                                               detector)
+                        overlays += overlay_path is not None
+                    if jsonl is not None:
+                        record = {"frame": frame_id, **result.to_dict()}
+                        if overlay_path is not None:
+                            record["overlay"] = str(overlay_path)
+                        jsonl.write_line(_json_line(record))
+                except OSError as err:  # a full disk, a folder removed: stop, say what was written
+                    output_error = err
+                    break
                 decision = "n/a" if result.is_anomalous is None else ("ANOMALY" if result.is_anomalous else "ok")
                 logger.debug("%s: score %.4f %s", frame_id, result.score, decision)
                 if processed % out.log_every == 0:
@@ -186,6 +195,16 @@ def _run(src: SourceSettings, det: DetectorSettings, out: OutputSettings) -> Non
         f"{processed} frames, {anomalous} anomalous, {source.skipped} skipped, {elapsed:.1f}s "
         f"({processed / elapsed if elapsed > 0 else 0.0:.1f} FPS)"
     )
+    if output_error is not None:  # one line: what failed, what was written, what was scored; exit status 1
+        written = []
+        if out.jsonl_path is not None:
+            lines = jsonl.lines if jsonl is not None else 0
+            written.append(f"{lines} JSON lines to {out.jsonl_path} (whole lines only)")
+        if out.save_dir is not None:
+            written.append(f"{overlays} overlays to {out.save_dir}")
+        raise click.ClickException(
+            f"stopped at frame {processed}: {_output_problem(output_error)}; written: {', '.join(written)}; "
+            f"{processed} frames scored, {anomalous} anomalous, {source.skipped} skipped in {elapsed:.1f}s")
     outputs = [str(p) for p in (out.jsonl_path, out.save_dir) if p is not None]
     if outputs:
         summary += "; wrote " + ", ".join(outputs)
@@ -221,6 +240,15 @@ def _stop_signals() -> Iterator[None]:
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
+def _output_problem(err: OSError) -> str:
+    """What went wrong with an output, in words (no errno codes, no temporary file names)."""
+    from fgad.core.outputs import OutputVanishedError
+
+    if isinstance(err, OutputVanishedError) or not err.strerror:
+        return str(err)
+    return f"cannot write {err.filename}: {err.strerror}" if err.filename else f"cannot write: {err.strerror}"
+
+
 def _json_line(record: dict[str, Any]) -> str:
     import json
 
@@ -232,6 +260,7 @@ def _json_line(record: dict[str, Any]) -> str:
 def _render(
     frame: Any, result: Any, index: int, frame_id: Any, save_dir: Path | None, show: bool, rate: float, detector: Any
 ) -> Path | None:
+    from fgad.core.outputs import require_folder
     from fgad.runtime.overlay import heatmap_overlay, render_panel, save_image_rgb
 
     label = "n/a" if result.is_anomalous is None else ("ANOMALY" if result.is_anomalous else "ok")
@@ -240,6 +269,7 @@ def _render(
     path = None
     if save_dir is not None:
         path = save_dir / _overlay_name(index, frame_id)
+        require_folder(save_dir, "--save folder")  # removed during the run: stop, do not re-create it
         save_image_rgb(path, render_panel(frame, result.anomaly_map, score=result.score, label=label))
     if show:
         import cv2

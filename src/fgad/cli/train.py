@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fgad.cli.common import friendly_errors, setup_logging, split_classes
+from fgad.cli.common import check_outputs, friendly_errors, setup_logging, split_classes
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,6 +42,7 @@ def main(config_name: str, data_root: Path, out_dir: Path, pretrained: str | Non
 
     With a FineGrainedAD config (method: finegrained): one class from k normal shots,
     e.g. --config fgad-vitb16p-240 --class-name bottle --shots 4."""
+    check_outputs(("--out", out_dir, "dir"))
     setup_logging(verbose)
     from fgad.config import load_config
     from fgad.methods.base import TrainOptionError, TrainRequest

@@ -51,13 +51,24 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, flushing it to disk before the rename."""
+    """Write ``data`` to ``path`` atomically, flushing it to disk before the rename.
+
+    An ``OSError`` of the write (``ENOSPC``, ``EROFS``, ...) is raised again with ``path`` as its file name
+    (same errno, so the same subclass); the temporary file is removed either way.
+    """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise TypeError(f"atomic_write_bytes({path!s}): data must be bytes-like, got {type(data).__name__}")
-    with atomic_path(path) as tmp, open(tmp, "xb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with atomic_path(path) as tmp, open(tmp, "xb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as err:
+        # a full disk or a read-only folder: name the target, not the temporary file (or nothing, as write() does)
+        if err.errno is not None and (err.filename is None
+                                       or Path(err.filename).name.startswith(f".{Path(path).name}.")):
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> None:
