@@ -368,7 +368,8 @@ def test_int8_bundle_loads_and_runs_in_the_runtime(fp32_bundle: Path, int8_bundl
                                         if json.loads((int8_bundle / QUANTIZATION_REPORT_FILE).read_text())
                                         ["families"][f]["nodes"]}
     assert quant["fp32_model_sha256"] == fp32_manifest["sha256"]["model.onnx"]
-    assert sorted(p.name for p in int8_bundle.iterdir()) == ["manifest.json", "model.onnx", QUANTIZATION_REPORT_FILE,
+    assert sorted(p.name for p in int8_bundle.iterdir()) == ["manifest.digest", "manifest.json", "model.onnx",
+                                                             QUANTIZATION_REPORT_FILE,
                                                              "references.npz"]
     assert sorted(p.name for p in int8_bundle.parent.iterdir()) == ["bundle"]  # no temporary folders left
     assert file_sha256(fp32_bundle / "model.onnx") == fp32_manifest["sha256"]["model.onnx"]  # source untouched
@@ -432,6 +433,22 @@ def test_cli_writes_the_bundle_and_reports(fp32_bundle: Path, calib_dir: Path, t
     bad = CliRunner().invoke(calibrate_main, ["--bundle", str(fp32_bundle), "--calib-dir", str(tmp_path / "none"),
                                               "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "does not exist" in bad.output and "Traceback" not in bad.output
+
+
+def test_cli_signs_the_int8_bundle(fp32_bundle: Path, calib_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("cryptography", reason="signatures need the sign extra (cryptography)")
+    from fgad.bundle.signing import generate_key_pair
+
+    key, public = generate_key_pair(tmp_path / "key.pem")
+    out = tmp_path / "int8"
+    result = CliRunner().invoke(calibrate_main, ["--bundle", str(fp32_bundle), "--calib-dir", str(calib_dir),
+                                                 "--out", str(out), "--method", "minmax", "--limit", "2",
+                                                 "--sign", str(key)])
+    assert result.exit_code == 0, result.output
+    Detector.from_bundle(out, trust=[public], strict=True)
+    bad = CliRunner().invoke(calibrate_main, ["--bundle", str(fp32_bundle), "--calib-dir", str(calib_dir),
+                                              "--out", str(tmp_path / "x"), "--sign", str(public)])
+    assert bad.exit_code == 1 and "not a readable PEM private key" in bad.output and not (tmp_path / "x").exists()
 
 
 # ---------------------------------------------------------------------------------- sensitivity

@@ -51,7 +51,7 @@ def test_every_option_lands_in_the_settings() -> None:
                                 "--max-batch", "4", "--calib-dir", "c", "--calib-method", "minmax",
                                 "--allow-unsupported", "--text", "bank", "--image-size", "96", "--measure-on", "m",
                                 "--box-prior", "objectness", "--bank", "x.json", "--bank", "y.json", "--opset", "20",
-                                "-v"])
+                                "--sign", "key.pem", "-v"])
     assert settings.engine == EngineRequest(engine="int8", deform="plugin", plugins=(Path("a.so"), Path("b.so")),
                                             workspace_gb=2.5, timing_cache=Path("t.cache"), max_batch=4,
                                             calib_dir=Path("c"), calib_method="minmax", allow_unsupported=True,
@@ -59,12 +59,12 @@ def test_every_option_lands_in_the_settings() -> None:
     assert settings.export == NewExport(checkpoint=Path("ck"), class_name="bottle", out_dir=Path("b"),
                                         text_mode="bank", image_size=96, measure_dir=Path("m"),
                                         box_prior="objectness", banks=("x.json", "y.json"), opset=20)
-    assert settings.refs_dir == Path("r") and settings.verbose
+    assert settings.refs_dir == Path("r") and settings.verbose and settings.sign_key == Path("key.pem")
 
 
 def test_bundle_mode() -> None:
-    settings = _settings(["--bundle", "bun", "--engine", "fp16", "--refs", "r", "--deform", "native"])
-    assert settings.bundle_dir == Path("bun") and settings.export is None
+    settings = _settings(["--bundle", "bun", "--engine", "fp16", "--refs", "r", "--deform", "native", "--sign", "k"])
+    assert settings.bundle_dir == Path("bun") and settings.export is None and settings.sign_key == Path("k")
     assert settings.refs_dir == Path("r")
     assert (settings.engine.engine, settings.engine.deform) == ("fp16", "native")
 

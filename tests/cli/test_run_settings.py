@@ -37,11 +37,12 @@ def test_defaults() -> None:
 def test_every_option_lands_in_the_settings() -> None:
     settings = _settings(["--bundle", "b", "--video", "v.mp4", "--loop", "--refs", "r", "--threshold", "0.25",
                           "--save", "s", "--jsonl", "o.jsonl", "--show", "--max-frames", "7", "--log-every", "3",
-                          "--backend", "onnxruntime", "--threads", "2", "--knn", "numpy", "-v"])
+                          "--backend", "onnxruntime", "--threads", "2", "--knn", "numpy", "--strict",
+                          "--trust", "a.pub", "--trust", "b.pub", "-v"])
     assert settings == RunSettings(
         source=SourceSettings(video="v.mp4", loop=True),
         detector=DetectorSettings(bundle_dir=Path("b"), refs="r", threshold=0.25, backend="onnxruntime", threads=2,
-                                  knn="numpy"),
+                                  knn="numpy", strict=True, trust=(Path("a.pub"), Path("b.pub"))),
         output=OutputSettings(save_dir=Path("s"), jsonl_path=Path("o.jsonl"), show=True, max_frames=7, log_every=3),
         verbose=True,
     )

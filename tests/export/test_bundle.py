@@ -3,6 +3,7 @@ flavours, the manifest and references against docs/bundle.md, and refusal when p
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -17,6 +18,7 @@ from click.testing import CliRunner, Result
 import fgad
 import fgad.export.bundle as bundle_mod
 from fgad.backbone.checkpoint import WEIGHTS_FILE, save_checkpoint
+from fgad.bundle import INTEGRITY_FILES
 from fgad.cli.export import main as export_main
 from fgad.export.bundle import (
     export_bundle,
@@ -45,9 +47,15 @@ def cli_bundle(
 ) -> tuple[Path, Result]:
     out = tmp_path_factory.mktemp("cli") / "bundle"
     test_dir = data_root / CLASS_NAME / "test"
+    sign = []
+    if importlib.util.find_spec("cryptography") is not None:  # the sign extra: --sign KEY (test_cli_signs_...)
+        from fgad.bundle.signing import generate_key_pair
+
+        key, _ = generate_key_pair(tmp_path_factory.mktemp("key") / "key.pem")
+        sign = ["--sign", str(key)]
     result = CliRunner().invoke(export_main, ["--checkpoint", str(checkpoint), "--class-name", CLASS_NAME,
                                               "--refs", str(refs_dir), "--measure-on", str(test_dir),
-                                              "--out", str(out)])
+                                              "--out", str(out), *sign])
     return out, result
 
 
@@ -71,13 +79,30 @@ def manifest(cli_bundle: tuple[Path, Result]) -> dict[str, Any]:
 def test_cli_writes_the_bundle_and_prints_parity(cli_bundle: tuple[Path, Result]) -> None:
     out, result = cli_bundle
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "references.npz"]
+    signed = ["manifest.sig"] if (out / "manifest.sig").exists() else []
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.digest", "manifest.json", *signed, "model.onnx",
+                                                     "references.npz"]
     assert sorted(p.name for p in out.parent.iterdir()) == ["bundle"]  # no temporary folders left
     assert "parity onnxruntime vs torch on 4 reference images" in result.output
     for name in ("vl_map", "global_prob", "tokens_2", "tokens_4"):
         assert f"  {name}: max |diff| " in result.output
     assert "best_description: 0 mismatches" in result.output
     assert "frozen text (frozen, cocoop) vs the exact model" in result.output
+
+
+def test_cli_signs_the_bundle(cli_bundle: tuple[Path, Result]) -> None:
+    pytest.importorskip("cryptography", reason="signatures need the sign extra (cryptography)")
+    from fgad.bundle import load_manifest
+    from fgad.bundle.signing import TrustedKey, load_trusted_key
+    from fgad.runtime.backends import check_manifest
+
+    out, result = cli_bundle
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "manifest.sig").read_text())
+    key_file = next((out.parent.parent).glob("key*/key.pem.pub"))
+    trusted: TrustedKey = load_trusted_key(key_file)
+    assert record["key_id"] == trusted.key_id
+    check_manifest(load_manifest(out), out, trust=[trusted], strict=True)
 
 
 def test_manifest_follows_the_contract(
@@ -118,7 +143,7 @@ def test_manifest_follows_the_contract(
 
 def test_manifest_hashes_every_file(cli_bundle: tuple[Path, Result], manifest: dict[str, Any]) -> None:
     out, _ = cli_bundle
-    files = sorted(p.name for p in out.iterdir() if p.name != "manifest.json")
+    files = sorted(p.name for p in out.iterdir() if p.name not in INTEGRITY_FILES)
     assert sorted(manifest["sha256"]) == files
     for name, digest in manifest["sha256"].items():
         assert sha256_file(out / name) == digest
@@ -187,7 +212,7 @@ def bank_bundle(tmp_path_factory: pytest.TempPathFactory, coop_model: FiLoPlusPl
 
 def test_bank_bundle_with_deformconv(bank_bundle: tuple[Path, FiLoPlusPlus]) -> None:
     out, model = bank_bundle
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.digest", "manifest.json", "model.onnx"]
     ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
     assert "DeformConv" in ops and "GridSample" not in ops
     manifest = json.loads((out / "manifest.json").read_text())

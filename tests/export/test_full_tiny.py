@@ -38,9 +38,10 @@ def test_full_tiny_graph_in_every_flavour(
     out = export_bundle(tmp_path / "bundle", full_model, full_model.cfg, CLASS_NAME,
                        list_reference_images(refs_dir), text_mode=text_mode, deform=deform, external_data=external)
     manifest: dict[str, Any] = json.loads((out / "manifest.json").read_text())
-    files = ["manifest.json", "model.onnx", *(["model.onnx.data"] if external else []), "references.npz"]
+    files = ["manifest.digest", "manifest.json", "model.onnx", *(["model.onnx.data"] if external else []),
+             "references.npz"]
     assert sorted(p.name for p in out.iterdir()) == files
-    assert sorted(manifest["sha256"]) == [f for f in files if f != "manifest.json"]
+    assert sorted(manifest["sha256"]) == [f for f in files if not f.startswith("manifest.")]
     assert manifest["engine"]["external_data"] == (["model.onnx.data"] if external else None)
     ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
     assert ("DeformConv" in ops) == (deform == "onnx") and ("GridSample" in ops) == (deform == "decomposed")

@@ -148,7 +148,8 @@ def test_cli_export_with_engine_but_no_tensorrt_still_writes_the_onnx_bundle(
     assert f"fgad-export --bundle {out} --engine fp16 --deform native" in result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["engine"]["kind"] == "onnx" and manifest["deform"] == "onnx"
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "references.npz"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.digest", "manifest.json", "model.onnx",
+                                                     "references.npz"]
     from fgad.runtime.pipeline import Detector
 
     assert Detector.from_bundle(out).backend.name == "onnxruntime"
@@ -469,9 +470,10 @@ def test_add_engine_installs_engine_plugins_and_fallback(tmp_path: Path, stand_i
     assert engine["parity"]["max_abs_diff_vl_map"] == 0.004 and engine["coverage"]["ok"] is True
     assert (bundle.path / ENGINE_FILE).read_bytes() == PLAN
     after = _hashes(bundle.path)
-    assert {k: after[k] for k in before if k != "manifest.json"} == {k: v for k, v in before.items()
-                                                                      if k != "manifest.json"}
-    assert data["sha256"] == {k: v for k, v in after.items() if k != "manifest.json"}
+    protection = ("manifest.json", "manifest.digest")
+    assert {k: after[k] for k in before if k not in protection} == {k: v for k, v in before.items()
+                                                                     if k not in protection}
+    assert data["sha256"] == {k: v for k, v in after.items() if k not in protection}
     assert sorted(result.files) == [ENGINE_FILE, "plugins/libfgad_plugins.so"]
     assert not [p for p in bundle.path.iterdir() if p.name.startswith(".")]  # no staging left
 
@@ -484,6 +486,39 @@ def test_add_engine_installs_engine_plugins_and_fallback(tmp_path: Path, stand_i
     assert "plugins/libfgad_plugins.so" not in data["sha256"] and "plugins/libfgad_plugins_v2.so" in data["sha256"]
     assert data["engine"]["fallback"]["file"] == "model.onnx" and data["engine"]["precision"] == "fp32"
     assert built[-1] == bundle.path / "model.onnx"
+
+
+def test_add_engine_rewrites_the_digest_and_signs(tmp_path: Path, stand_in: _Recorder,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine changes the manifest: its digest is rewritten, --sign signs it, an unsigned rebuild unsigns."""
+    pytest.importorskip("cryptography", reason="signatures need the sign extra (cryptography)")
+    from fgad.bundle import BundleError, load_manifest
+    from fgad.bundle.signing import generate_key_pair
+    from fgad.runtime.backends import check_manifest
+
+    bundle = make_bundle(tmp_path / "bundle")
+    key, public = generate_key_pair(tmp_path / "key.pem")
+
+    def fake_build(source: Path, target: Path, options: EngineBuildOptions) -> Any:
+        target.write_bytes(PLAN)
+        return tensorrt_build.EngineInfo(target, "10.3.0.30", "8.7", options.precision, 1.0, 1, 1, len(PLAN), 1, 1,
+                                         options.max_batch)
+
+    monkeypatch.setattr(engine_bundle, "build_engine", fake_build)
+    monkeypatch.setattr(engine_bundle, "_parity", lambda *a, **k: {"images": 1, "tolerances": {}})
+    add_engine(bundle.path, EngineBuildOptions(), sign=key)
+    check_manifest(load_manifest(bundle.path), bundle.path, backend="onnxruntime", trust=[public])
+    (bundle.path / ENGINE_FILE).write_bytes(PLAN + b"x")  # the engine is hashed like every file
+    with pytest.raises(BundleError, match="sha256.model.engine"):
+        check_manifest(load_manifest(bundle.path), bundle.path, backend="onnxruntime")
+    (bundle.path / ENGINE_FILE).write_bytes(PLAN)
+    with pytest.raises(ValueError, match="cannot be read"):  # a bad key fails before anything is built
+        add_engine(bundle.path, EngineBuildOptions(), sign=tmp_path / "missing.pem")
+    add_engine(bundle.path, EngineBuildOptions(precision="fp32"))  # no key: unsigned, digest still rewritten
+    assert not (bundle.path / "manifest.sig").exists()
+    check_manifest(load_manifest(bundle.path), bundle.path, backend="onnxruntime")
+    with pytest.raises(BundleError, match="not signed"):
+        check_manifest(load_manifest(bundle.path), bundle.path, backend="onnxruntime", trust=[public])
 
 
 def test_add_engine_refuses_before_building(tmp_path: Path, stand_in: _Recorder,

@@ -10,6 +10,10 @@ tell:
   ``align_corners`` (like the real M^vl);
 * ``global_prob``: sigmoid of the image mean;
 * ``best_description``: argmax of a fixed projection of the per-channel means (int64).
+
+Like the writers, :func:`make_bundle` and :meth:`FakeBundle.write_manifest` write ``manifest.digest`` beside the
+manifest (a test of a changed field then reaches that field's check); ``digest=False`` leaves it stale or, for
+:func:`make_bundle`, absent, as in a bundle written before fgad kept digests.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from fgad.bundle.digest import write_digest
 
 DESCRIPTIONS = ["scratch on the surface", "hole in the part", "stain", "dent", "crack"]
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -136,13 +142,17 @@ class FakeBundle:
     def manifest(self) -> dict[str, Any]:
         return json.loads(self.manifest_path.read_text())
 
-    def write_manifest(self, data: dict[str, Any], rehash: bool = False) -> None:
+    def write_manifest(self, data: dict[str, Any], rehash: bool = False, digest: bool = True) -> None:
+        """Write the manifest (``rehash``: its sha256 recomputed first) and, unless not ``digest``, its digest."""
         if rehash:
             data["sha256"] = {name: sha256(self.path / name) for name in data["sha256"]}
         self.manifest_path.write_text(json.dumps(data, indent=2))
+        if digest:
+            write_digest(self.path)
 
-    def edit(self, **changes: Any) -> dict[str, Any]:
-        """Set manifest fields given as dotted keys with '__' (``engine__kind="tensorrt"``); returns the new dict."""
+    def edit(self, digest: bool = True, **changes: Any) -> dict[str, Any]:
+        """Set manifest fields given as dotted keys with '__' (``engine__kind="tensorrt"``); returns the new dict.
+        ``digest=False``: the digest is left as it was (a tampered manifest)."""
         data = self.manifest()
         for dotted, value in changes.items():
             keys = dotted.split("__")
@@ -150,7 +160,7 @@ class FakeBundle:
             for key in keys[:-1]:
                 node = node[key]
             node[keys[-1]] = value
-        self.write_manifest(data)
+        self.write_manifest(data, digest=digest)
         return data
 
 
@@ -162,8 +172,10 @@ def make_bundle(
     layers: Sequence[int] = (3, 6),
     references: Sequence[np.ndarray] | None = None,
     seed: int = 0,
+    digest: bool = True,
 ) -> FakeBundle:
-    """Write a bundle under ``root``; with ``references`` (RGB uint8 images) it also gets references.npz."""
+    """Write a bundle under ``root``; with ``references`` (RGB uint8 images) it also gets references.npz;
+    without ``digest`` no manifest.digest (a bundle written before fgad kept digests)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "model.onnx").write_bytes(build_graph(size, grid, dim, layers, seed))
     data = manifest_dict(size, grid, dim, layers)
@@ -184,5 +196,5 @@ def make_bundle(
         data["fewshot"]["num_references"] = len(references)
         data["sha256"]["references.npz"] = sha256(root / "references.npz")
     bundle = FakeBundle(root, size, grid, dim, tuple(layers))
-    bundle.write_manifest(data)
+    bundle.write_manifest(data, digest=digest)
     return bundle

@@ -14,9 +14,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fgad.bundle.digest import manifest_digest, read_digest
 from fgad.bundle.engine import parse_compute_capability
 from fgad.bundle.errors import REEXPORT, BundleError
 from fgad.bundle.spec import (
+    DIGEST_FILE,
     MANIFEST_FILE,
     SUPPORTED_FORMAT_VERSIONS,
     BoxPriorSpec,
@@ -276,6 +278,21 @@ def _parse(data: Mapping[str, Any], where: str) -> Manifest:
     )
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def load_manifest(bundle_dir: str | os.PathLike[str]) -> Manifest:
     """Read and parse ``<bundle_dir>/manifest.json`` (structure only; see :func:`check_manifest`)."""
     root = Path(bundle_dir)
@@ -285,10 +302,28 @@ def load_manifest(bundle_dir: str | os.PathLike[str]) -> Manifest:
     if not path.is_file():
         raise BundleError(f"bundle '{root}' has no {MANIFEST_FILE}; pass the folder written by fgad-export")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{path}: not readable JSON ({exc}); {REEXPORT}") from exc
+    except _DuplicateKey as dup:
+        raise BundleError(f"{path}: field '{dup.key}' appears twice in one object (JSON readers disagree on "
+                          f"which one counts); {REEXPORT}", dup.key) from None
     if not isinstance(data, dict):
         raise BundleError(f"{path}: the manifest must be a JSON object; {REEXPORT}")
-    return _parse(data, str(path))
+    try:
+        return _parse(data, str(path))
+    except BundleError as err:
+        if _edited(root, data):  # say why a field an exporter wrote correctly is wrong now
+            raise BundleError(f"{err} (and {MANIFEST_FILE} differs from {DIGEST_FILE}: it was edited or damaged "
+                              "after export)", err.field) from None
+        raise
+
+
+def _edited(root: Path, data: Mapping[str, Any]) -> bool:
+    """Whether the bundle has a digest file and ``data`` does not match it (False when it cannot tell)."""
+    try:
+        record = read_digest(root)
+    except BundleError:
+        return False
+    return record is not None and record["manifest_sha256"] != manifest_digest(data)
 

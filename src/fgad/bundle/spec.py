@@ -10,10 +10,12 @@ from typing import Any
 
 __all__ = [
     "BOX_PRIOR_OUTPUTS",
+    "DIGEST_FILE",
     "ENGINE_FILE",
     "FORMAT_VERSION",
     "GRAPH_BOX_PRIORS",
     "INPUT_NAME",
+    "INTEGRITY_FILES",
     "MANIFEST_FILE",
     "MODEL_FILE",
     "PLUGIN_DIR",
@@ -21,6 +23,7 @@ __all__ = [
     "QUANTIZATION_REPORT_FILE",
     "REFERENCES_FILE",
     "REQUIRED_OUTPUTS",
+    "SIGNATURE_FILE",
     "SUPPORTED_FORMAT_VERSIONS",
     "token_output",
     "BoxPriorSpec",
@@ -49,6 +52,12 @@ ENGINE_FILE = "model.engine"  # a TensorRT plan
 QDQ_FILE = "model.qdq.onnx"  # the Q/DQ graph an int8 engine is built from
 PLUGIN_DIR = "plugins"  # TensorRT plugin libraries
 QUANTIZATION_REPORT_FILE = "quantization.json"  # an int8 bundle's record of what stayed float
+#: Beside the manifest, not listed in its ``sha256`` (they cover it): the digest of the canonical manifest
+#: (fgad.bundle.digest) and, for a signed bundle, the Ed25519 signature of that digest (fgad.bundle.signing).
+DIGEST_FILE = "manifest.digest"
+SIGNATURE_FILE = "manifest.sig"
+#: The files of a bundle that ``sha256`` does not list: the manifest and the two that protect it.
+INTEGRITY_FILES: tuple[str, ...] = (MANIFEST_FILE, DIGEST_FILE, SIGNATURE_FILE)
 #: The graph's one input: images [B, 3, s, s].
 INPUT_NAME = "image"
 #: Outputs every graph has, first and in this order; ``tokens_<layer>`` (:func:`token_output`) follow.

@@ -10,7 +10,8 @@ The new bundle is a copy of the fp32 one with:
 * ``manifest.json``: ``engine.precision = "int8"``, new ``sha256``, and a ``quantization`` object (method,
   calibration images, kept-float families with the reason, per-op counts, file sizes, a Q/DQ-vs-fp32 check
   on the calibration images);
-* ``quantization.json``: the full report, every kept-float node by name.
+* ``quantization.json``: the full report, every kept-float node by name;
+* ``manifest.digest`` (and with a key ``manifest.sig``), by :func:`fgad.bundle.staging.write_manifest`.
 
 Everything is built in a temporary folder next to ``out_dir``, loaded by the runtime's own
 :meth:`~fgad.runtime.pipeline.Detector.from_bundle`, and only then renamed onto ``out_dir``: a failure
@@ -29,7 +30,15 @@ from typing import Any
 import numpy as np
 
 from fgad.bundle import MANIFEST_FILE, QUANTIZATION_REPORT_FILE, BundleError, Manifest, file_sha256, load_manifest
-from fgad.bundle.staging import check_target, staged_bundle, utc_timestamp, write_references_npz
+from fgad.bundle.staging import (
+    SigningKeySpec,
+    check_target,
+    signing_key,
+    staged_bundle,
+    utc_timestamp,
+    write_manifest,
+    write_references_npz,
+)
 from fgad.calibration.images import list_calibration_images, preprocess_images, seeded_subset
 from fgad.calibration.qdq import DEFAULT_KEEP_FLOAT, DEFAULT_PERCENTILE, KeepFloat, QuantizationReport, quantize_qdq
 from fgad.core.atomic import atomic_write_json
@@ -172,15 +181,18 @@ def quantize_bundle(
     keep_float: KeepFloat = DEFAULT_KEEP_FLOAT,
     per_channel: bool = True,
     seed: int = 0,
+    sign: SigningKeySpec = None,
 ) -> Path:
     """Write an int8 copy of the fp32 ONNX bundle ``bundle_dir`` to ``out_dir`` and return ``out_dir``.
 
     Calibration images: ``calib_images`` (paths) if given, else ``calib_dir`` (its images, ``limit`` of them
     drawn with ``seed``), else the bundle's reference images when there are enough
     (:func:`calibration_paths`). ``method``, ``percentile``, ``keep_float``, ``per_channel``: see
-    :func:`~fgad.calibration.qdq.quantize_qdq`.
+    :func:`~fgad.calibration.qdq.quantize_qdq`. ``sign``: an Ed25519 private key (PEM file or
+    :class:`~fgad.bundle.signing.SigningKey`) that signs the new manifest.
     """
     root = Path(bundle_dir)
+    key = signing_key(sign)  # a bad key fails before calibration
     manifest = load_manifest(root)
     check_manifest(manifest, root)
     if manifest.engine.kind != "onnx":
@@ -240,10 +252,11 @@ def quantize_bundle(
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
         data["quantization"] = _manifest_entry(report, source, references, check, manifest.sha256[model_file])
         data["sha256"] = {name: file_sha256(tmp / name) for name in files}
-        atomic_write_json(tmp / MANIFEST_FILE, data)
+        write_manifest(tmp, data, key)
 
         from fgad.runtime.pipeline import Detector
 
-        Detector.from_bundle(tmp, backend="onnxruntime")  # the runtime accepts it, or nothing is installed
+        # the runtime accepts it (signed by this key, with it), or nothing is installed
+        Detector.from_bundle(tmp, backend="onnxruntime", strict=True, trust=None if key is None else [key.trusted()])
     log.info("int8 bundle %s: %s", out, report.summary())
     return out

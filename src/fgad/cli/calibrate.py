@@ -26,10 +26,13 @@ METHODS = ("entropy", "percentile", "minmax")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Use at most N calibration images (a seeded random subset).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --limit subset.")
+@click.option("--sign", "sign_key", type=click.Path(path_type=Path), default=None,
+              help="Ed25519 private key (PEM; fgad-sign keygen) that signs the int8 bundle's manifest digest, for "
+                   "fgad-run --trust. Needs fgad[sign].")
 @click.option("-v", "--verbose", is_flag=True)
 @friendly_errors
 def main(bundle_dir: Path, calib_dir: Path | None, out_dir: Path, method: str, percentile: float,
-         limit: int | None, seed: int, verbose: bool) -> None:
+         limit: int | None, seed: int, sign_key: Path | None, verbose: bool) -> None:
     """Write OUT: a copy of BUNDLE whose model.onnx is the Q/DQ int8 graph (runs in onnxruntime; TensorRT builds
     an int8 engine from it)."""
     check_outputs(("--out", out_dir, "bundle"))
@@ -37,12 +40,14 @@ def main(bundle_dir: Path, calib_dir: Path | None, out_dir: Path, method: str, p
     import json
 
     from fgad.bundle import QUANTIZATION_REPORT_FILE
+    from fgad.bundle.staging import signing_key
     from fgad.calibration.bundle import quantize_bundle
     from fgad.calibration.qdq import QuantizationError
 
+    key = signing_key(sign_key)  # a bad key fails before calibration
     try:
         out = quantize_bundle(bundle_dir, out_dir, calib_dir, method=method, limit=limit, percentile=percentile,
-                              seed=seed)
+                              seed=seed, sign=key)
     except (QuantizationError, FileExistsError, NotADirectoryError, ImportError) as err:
         raise click.ClickException(str(err)) from err
     info = json.loads((out / "manifest.json").read_text())["quantization"]

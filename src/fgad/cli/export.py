@@ -70,23 +70,30 @@ DEFORM_CHOICES = ("decomposed", "native", "plugin", "onnx")
 @click.option("--opset", type=click.IntRange(16, None), default=DEFAULT_OPSET, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Bundle directory to write (required unless --bundle).")
+@click.option("--sign", "sign_key", type=click.Path(path_type=Path), default=None,
+              help="Ed25519 private key (PEM; fgad-sign keygen) that signs the bundle's manifest digest "
+                   "(manifest.sig), for fgad-run --trust. Needs fgad[sign].")
 @click.option("-v", "--verbose", is_flag=True)
 @friendly_errors
 def main(**options: Any) -> None:
     """Write model.onnx, references.npz and manifest.json to OUT (docs/bundle.md); with --engine, model.engine."""
     settings = export_settings(options)
+    from fgad.bundle.staging import signing_key
+
+    key = signing_key(settings.sign_key)  # a bad key or a missing cryptography fails before any work
     timing_cache = ("--timing-cache", settings.engine.timing_cache, "file")
     if settings.bundle_dir is not None:  # the engine is written into the bundle (a missing one: load_manifest says so)
         check_outputs(("--bundle", settings.bundle_dir if settings.bundle_dir.is_dir() else None, "dir"), timing_cache)
         setup_logging(settings.verbose)
-        _engine_for_bundle(settings.bundle_dir, settings.engine, settings.refs_dir, None)
+        _engine_for_bundle(settings.bundle_dir, settings.engine, settings.refs_dir, None, sign=key)
         return
     assert settings.export is not None
     check_outputs(("--out", settings.export.out_dir, "bundle"), timing_cache)  # before torch and the checkpoint load
-    _export_new_bundle(settings.export, settings.engine, settings.refs_dir, settings.verbose)
+    _export_new_bundle(settings.export, settings.engine, settings.refs_dir, settings.verbose, sign=key)
 
 
-def _export_new_bundle(export: NewExport, build: EngineRequest, refs_dir: Path | None, verbose: bool) -> None:
+def _export_new_bundle(export: NewExport, build: EngineRequest, refs_dir: Path | None, verbose: bool,
+                       sign: Any = None) -> None:
     """A checkpoint -> a bundle, its report, then its engine (or, for --engine onnx, a TensorRT coverage note)."""
     if export.box_prior == "grounding-dino":
         from fgad.methods.filo.priors.grounding import NEEDS_TORCH_MESSAGE
@@ -96,16 +103,16 @@ def _export_new_bundle(export: NewExport, build: EngineRequest, refs_dir: Path |
     if build.engine != "onnx":
         build.warn_early()
     setup_logging(verbose)
-    bundle, refs = _write_new_bundle(export, refs_dir, export_deform)
+    bundle, refs = _write_new_bundle(export, refs_dir, export_deform, sign)
     manifest = _report_new_bundle(bundle)
     if build.engine == "onnx":
         _coverage_note(bundle / manifest["engine"]["file"], build)
     else:
-        _engine_for_bundle(bundle, build, None, refs, written=True)
+        _engine_for_bundle(bundle, build, None, refs, written=True, sign=sign)
 
 
 def _write_new_bundle(export: NewExport, refs_dir: Path | None,
-                      export_deform: str) -> tuple[Path, list[Path] | None]:
+                      export_deform: str, sign: Any = None) -> tuple[Path, list[Path] | None]:
     """Load the checkpoint (torch), write the bundle; returns it and the reference images it was given."""
     # The library calls below keep their argument names as local variables, so that changes made to those
     # calls elsewhere apply to this block unchanged.
@@ -144,7 +151,7 @@ def _write_new_bundle(export: NewExport, refs_dir: Path | None,
     try:
         bundle = export_bundle(out_dir, model, model.cfg, class_name, refs, text_mode=text_mode,
                               deform=export_deform, checkpoint_meta=checkpoint_meta, opset=opset,
-                              approximation_images=measure_on, box_prior=box_prior)
+                              approximation_images=measure_on, box_prior=box_prior, sign=sign)
     except (ExportError, FileExistsError) as err:
         raise click.ClickException(str(err)) from err
     return bundle, refs
@@ -201,7 +208,7 @@ def _check_images(bundle: Path, manifest: Any, refs_dir: Path | None,
 
 
 def _engine_for_bundle(bundle: Path, build: EngineRequest, refs_dir: Path | None,
-                       ref_paths: Sequence[Path] | None, written: bool = False) -> None:
+                       ref_paths: Sequence[Path] | None, written: bool = False, sign: Any = None) -> None:
     from fgad.bundle import load_manifest
     from fgad.export.engine_bundle import add_engine
     from fgad.export.tensorrt_build import EngineBuildError, TensorRTUnavailableError
@@ -224,7 +231,7 @@ def _engine_for_bundle(bundle: Path, build: EngineRequest, refs_dir: Path | None
     try:
         result = add_engine(bundle, build.options(), deform=build.deform, check_images=images,
                             calibration=calibration, calibration_method=build.calib_method,
-                            coverage="warn" if build.allow_unsupported else "fail")
+                            coverage="warn" if build.allow_unsupported else "fail", sign=sign)
     except TensorRTUnavailableError as err:
         raise click.ClickException(
             f"{err}\nThe ONNX bundle {bundle} {'was still written and ' if written else ''}is complete (fgad-run "

@@ -99,6 +99,7 @@ class ExportSettings:
     verbose: bool
     export: NewExport | None = None
     bundle_dir: Path | None = None
+    sign_key: Path | None = None  # Ed25519 private key (PEM) that signs the written manifest
 
     def __post_init__(self) -> None:
         if (self.export is None) == (self.bundle_dir is None):
@@ -136,6 +137,7 @@ def export_settings(options: Mapping[str, Any]) -> ExportSettings:
     box_prior: str | None = opts.pop("box_prior")
     banks = tuple(opts.pop("banks"))
     opset: int = opts.pop("opset")
+    sign_key: Path | None = opts.pop("sign_key")
     if opts:
         raise TypeError(f"export_settings: unknown options {', '.join(sorted(opts))}")
 
@@ -149,7 +151,8 @@ def export_settings(options: Mapping[str, Any]) -> ExportSettings:
                                    "export (use --out for that)")
         if build.engine == "onnx":
             raise click.UsageError("--bundle builds a TensorRT engine: give --engine fp32, fp16 or int8")
-        return ExportSettings(engine=build, refs_dir=refs_dir, verbose=verbose, bundle_dir=bundle_dir)
+        return ExportSettings(engine=build, refs_dir=refs_dir, verbose=verbose, bundle_dir=bundle_dir,
+                              sign_key=sign_key)
 
     missing = [name for name, value in (("--checkpoint", checkpoint), ("--class-name", class_name),
                                         ("--out", out_dir)) if value is None]
@@ -159,4 +162,4 @@ def export_settings(options: Mapping[str, Any]) -> ExportSettings:
     assert checkpoint is not None and class_name is not None and out_dir is not None
     export = NewExport(checkpoint=checkpoint, class_name=class_name, out_dir=out_dir, text_mode=text_mode,
                        image_size=image_size, measure_dir=measure_dir, box_prior=box_prior, banks=banks, opset=opset)
-    return ExportSettings(engine=build, refs_dir=refs_dir, verbose=verbose, export=export)
+    return ExportSettings(engine=build, refs_dir=refs_dir, verbose=verbose, export=export, sign_key=sign_key)

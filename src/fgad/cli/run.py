@@ -101,6 +101,10 @@ class _Fps:
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Engine CPU threads.")
 @click.option("--knn", type=click.Choice(["auto", "faiss", "numpy"]), default="auto", show_default=True,
               help="Few-shot search.")
+@click.option("--strict", is_flag=True, help="Refuse a bundle holding files its manifest does not list (else: warn).")
+@click.option("--trust", "trust", multiple=True, type=click.Path(path_type=Path),
+              help="Ed25519 public key (PEM) the bundle must be signed with; repeat for several. Refuses unsigned "
+                   "and otherwise signed bundles. Needs fgad[sign].")
 @click.option("-v", "--verbose", is_flag=True)
 @friendly_errors
 def main(**options: Any) -> None:
@@ -128,7 +132,7 @@ def _run(src: SourceSettings, det: DetectorSettings, out: OutputSettings) -> Non
     from fgad.runtime.sources import open_source
 
     detector = Detector.from_bundle(det.bundle_dir, refs=det.refs, backend=det.backend, threshold=det.threshold,
-                                    threads=det.threads, knn=det.knn)
+                                    threads=det.threads, knn=det.knn, strict=det.strict, trust=det.trust or None)
     threshold_text = "none" if detector.threshold is None else f"{detector.threshold:.4f}"
     click.echo(
         f"bundle {det.bundle_dir} (class '{detector.class_name}', {detector.backend.name}, "

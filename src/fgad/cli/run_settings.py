@@ -35,6 +35,8 @@ class DetectorSettings:
     backend: str = "auto"
     threads: int | None = None
     knn: str = "auto"
+    strict: bool = False  # refuse files the manifest does not list
+    trust: tuple[Path, ...] = ()  # public keys the bundle must be signed with
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,8 @@ def run_settings(options: Mapping[str, Any]) -> RunSettings:
                             loop=bool(opts.pop("loop")))
     detector = DetectorSettings(bundle_dir=opts.pop("bundle_dir"), refs=opts.pop("refs"),
                                 threshold=opts.pop("threshold"), backend=opts.pop("backend"),
-                                threads=opts.pop("threads"), knn=opts.pop("knn"))
+                                threads=opts.pop("threads"), knn=opts.pop("knn"),
+                                strict=bool(opts.pop("strict")), trust=tuple(opts.pop("trust")))
     output = OutputSettings(save_dir=opts.pop("save_dir"), jsonl_path=opts.pop("jsonl_path"),
                             show=bool(opts.pop("show")), max_frames=opts.pop("max_frames"),
                             log_every=opts.pop("log_every"))

@@ -139,7 +139,7 @@ def external_data_locations(path: str | os.PathLike[str]) -> list[ExternalTensor
     with open(file, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         if size == 0:
-            return []
+            raise ExternalDataError(f"{file}: an empty file, not an ONNX graph; re-export it")
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             view = memoryview(mapped)
             try:

@@ -29,9 +29,16 @@ from fgad.bundle.spec import (
     REFERENCES_FILE,
     token_output,
 )
-from fgad.bundle.staging import check_target, staged_bundle, utc_timestamp, write_references_npz
+from fgad.bundle.staging import (
+    SigningKeySpec,
+    check_target,
+    signing_key,
+    staged_bundle,
+    utc_timestamp,
+    write_manifest,
+    write_references_npz,
+)
 from fgad.config import BackboneConfig, ModelConfig
-from fgad.core.atomic import atomic_write_json
 from fgad.export.onnx_export import (
     DEFAULT_OPSET,
     ExportError,
@@ -189,6 +196,7 @@ def write_bundle(
     tolerances: dict[str, float] | None = None,
     external_data: bool | None = None,
     approximation_images: Sequence[str | os.PathLike[str]] | None = None,
+    sign: SigningKeySpec = None,
 ) -> Path:
     """Write ``plan`` into the bundle folder ``out_dir`` and return it.
 
@@ -196,12 +204,14 @@ def write_bundle(
     and ``image_size_override`` (recorded under ``model``). ``approximation_images``: images (best: good and
     defective ones not among the references) on which the frozen graph's approximation is measured; default the
     parity inputs. ``external_data``: see :func:`~fgad.export.onnx_export.export_onnx` (``None``: only above
-    2 GB). Raises :class:`~fgad.export.onnx_export.ExportParityError` (nothing written) when onnxruntime and
-    PyTorch disagree beyond ``tolerances``.
+    2 GB). ``sign``: an Ed25519 private key (PEM file or :class:`~fgad.bundle.signing.SigningKey`) that signs the
+    manifest digest (``manifest.sig``). Raises :class:`~fgad.export.onnx_export.ExportParityError` (nothing
+    written) when onnxruntime and PyTorch disagree beyond ``tolerances``.
     """
     opset = DEFAULT_OPSET if opset is None else opset
     out = Path(out_dir)
     check_target(out, MANIFEST_FILE)
+    key = signing_key(sign)  # a bad key fails before the export
     cfg = plan.cfg
     bb = cfg.backbone
     module = plan.module.eval()
@@ -252,7 +262,7 @@ def write_bundle(
             "parity": parity,
             "sha256": {name: sha256_file(tmp / name) for name in files},
         }
-        atomic_write_json(tmp / MANIFEST_FILE, manifest)
+        write_manifest(tmp, manifest, key)
     return out
 
 
@@ -271,6 +281,7 @@ def export_bundle(
     external_data: bool | None = None,
     approximation_images: Sequence[str | os.PathLike[str]] | None = None,
     box_prior: str | None = None,
+    sign: SigningKeySpec = None,
 ) -> Path:
     """Export ``model`` for ``class_name`` into ``out_dir``: its method's plan, written by :func:`write_bundle`.
 
@@ -284,7 +295,8 @@ def export_bundle(
     options = ExportOptions(text_mode=text_mode, box_prior=box_prior, deform=deform)
     plan = method.export_plan(model, class_name, refs, options)
     return write_bundle(out_dir, plan, checkpoint_meta=checkpoint_meta, opset=opset, thresholds=thresholds,
-                        tolerances=tolerances, external_data=external_data, approximation_images=approximation_images)
+                        tolerances=tolerances, external_data=external_data, approximation_images=approximation_images,
+                        sign=sign)
 
 
 def resize_model(model: Any, image_size: int, pretrained: str | None) -> tuple[Any, dict[str, Any]]:

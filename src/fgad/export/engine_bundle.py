@@ -14,7 +14,9 @@ onnxruntime) and
 5. installs ``model.engine``, the plugin libraries (``plugins/``) and the manifest: ``engine`` becomes the
    TensorRT engine (``kind``, ``precision``, ``tensorrt_version``, ``compute_capability``, ``deform``,
    ``plugins``, ``build``, ``coverage``, ``parity``) and the ONNX graph stays as ``engine.fallback``, which
-   ``fgad-run`` uses where the engine cannot run. Every new file is listed in ``sha256``.
+   ``fgad-run`` uses where the engine cannot run. Every new file is listed in ``sha256``; the manifest is
+   written with a new ``manifest.digest`` (and, with a key, ``manifest.sig``: an earlier signature is removed,
+   it signed the old manifest) by :func:`fgad.bundle.staging.write_manifest`.
 
 The bundle's ONNX graph, references and text are not touched, so the same bundle folder can be copied to a
 device and given its engine there (``fgad-export --bundle DIR --engine fp16``, docs/jetson.md).
@@ -35,8 +37,8 @@ from typing import Any
 import numpy as np
 
 from fgad.bundle import ENGINE_FILE, MANIFEST_FILE, PLUGIN_DIR, QDQ_FILE, Manifest, file_sha256, load_manifest
-from fgad.bundle.staging import parity_tolerance
-from fgad.core.atomic import atomic_path, atomic_write_json
+from fgad.bundle.staging import SigningKeySpec, parity_tolerance, signing_key, write_manifest
+from fgad.core.atomic import atomic_path
 from fgad.core.onnx_external import check_external_data
 from fgad.export.deform_flavours import PLUGIN_ID, deformconv_to_plugin, normalize_deform
 from fgad.export.op_coverage import MIN_TENSORRT, CoverageReport, check_tensorrt_coverage
@@ -258,6 +260,7 @@ def add_engine(
     calibration_method: str = "entropy",
     coverage: str = "fail",
     tolerances: Mapping[str, float] | None = None,
+    sign: SigningKeySpec = None,
 ) -> EngineBundleResult:
     """Build a TensorRT engine for the bundle at ``bundle_dir`` and install it there (module docstring).
 
@@ -272,6 +275,8 @@ def add_engine(
         coverage: ``"fail"`` (default) stops before the build when the graph has a node TensorRT does not
             support; ``"warn"`` logs the findings and builds anyway.
         tolerances: per-output parity bounds (default :data:`ENGINE_TOLERANCES` of the precision).
+        sign: an Ed25519 private key (PEM file or :class:`~fgad.bundle.signing.SigningKey`) that signs the new
+            manifest; without it the bundle is left unsigned (a signature it had is removed, with a warning).
 
     Raises :class:`TensorRTUnavailableError` (nothing changed), :class:`EngineBuildError` (coverage, parser or
     builder failure, nothing changed), :class:`EngineParityError` (nothing installed).
@@ -279,6 +284,7 @@ def add_engine(
     if coverage not in ("fail", "warn"):
         raise ValueError(f"coverage={coverage!r}: use 'fail' or 'warn'")
     root = Path(bundle_dir)
+    key = signing_key(sign)  # a bad key fails before the build
     manifest = load_manifest(root)
     where = root / MANIFEST_FILE
     check_manifest(manifest, root, backend="onnxruntime")  # the graph, references and hashes are intact
@@ -303,7 +309,7 @@ def add_engine(
         _import_calibration()  # fail before any long step
     trt_version = str(getattr(tensorrt, "__version__", MIN_TENSORRT))
     images = check_images if check_images is not None else synthetic_images(manifest.input.size)
-    raw = json.loads(where.read_text(encoding="utf-8"))
+    raw = json.loads(json.dumps(manifest.raw))  # a deep copy of the manifest just checked, not a second read
     stage = root / f".engine.{uuid.uuid4().hex}.tmp"  # everything new is made here, moved in at the end
     stage.mkdir()
     plugin_graph: Path | None = None
@@ -367,7 +373,7 @@ def add_engine(
         sha = {k: v for k, v in dict(raw.get("sha256") or {}).items() if k not in old}
         sha.update({name: file_sha256(root / name) for name in new_files})
         raw["sha256"] = sha
-        atomic_write_json(root / MANIFEST_FILE, raw)
+        write_manifest(root, raw, key)
         for stale in old - set(new_files):
             (root / stale).unlink(missing_ok=True)
         log.info("bundle %s: %s installed (%s, TensorRT %s, sm %s); %s stays as the fallback", root, ENGINE_FILE,

@@ -43,6 +43,7 @@ from fgad.bundle import (
     npz_array_shapes,
     reference_keys,
 )
+from fgad.bundle.integrity import TrustSpec
 from fgad.core.cells import POSITIONS
 from fgad.core.io import ImageReadError, UnreadableImagesError, read_image
 from fgad.core.smoothing import upsample_align_corners
@@ -182,6 +183,8 @@ class Detector:
         threads: int | None = None,
         knn: str = "auto",
         verify: bool = True,
+        strict: bool = False,
+        trust: TrustSpec | None = None,
     ) -> Detector:
         """Load and check a bundle, create the engine and the reference memory.
 
@@ -196,10 +199,13 @@ class Detector:
             threads: CPU threads of the engine (None: backend default).
             knn: few-shot search, ``"auto"``, ``"faiss"`` or ``"numpy"``.
             verify: check the sha256 of every bundle file (a large model takes a second or two).
+            strict: refuse a bundle holding files its manifest does not list (default: one warning).
+            trust: PEM public keys (files) or :class:`fgad.bundle.signing.TrustedKey`: the bundle must be signed
+                by one of them (docs/bundle.md, "Integrity"); needs ``verify``.
         """
         bundle_dir = Path(path)
         manifest = load_manifest(bundle_dir)
-        check_manifest(manifest, bundle_dir, backend=backend, verify_hashes=verify)
+        check_manifest(manifest, bundle_dir, backend=backend, verify_hashes=verify, strict=strict, trust=trust)
         engine = create_backend(manifest, bundle_dir, backend, threads=threads)
         check_graph(manifest, engine.input_shapes, engine.output_shapes, str(bundle_dir / "manifest.json"))
         detector = cls(manifest, engine, knn=knn)

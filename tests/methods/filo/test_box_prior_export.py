@@ -208,14 +208,17 @@ def test_leave_one_out_uses_the_references_own_region(prior_bundle: Path, refs_d
 
 def test_runtime_refuses_priors_it_cannot_run(prior_bundle: Path, tmp_path: Path) -> None:
     from fgad.bundle import BundleError
+    from fgad.bundle.digest import write_digest
     from fgad.runtime.pipeline import Detector
 
     def edited(change: dict[str, Any]) -> Path:
+        """A copy whose manifest a writer could have written so (its digest matches): the checks of the prior."""
         copy = tmp_path / f"b{len(list(tmp_path.iterdir()))}"
         shutil.copytree(prior_bundle, copy)
         manifest = json.loads((copy / "manifest.json").read_text())
         manifest["box_prior"].update(change)
         (copy / "manifest.json").write_text(json.dumps(manifest))
+        write_digest(copy)
         return copy
 
     with pytest.raises(BundleError, match="PyTorch path") as info:

@@ -14,6 +14,7 @@ from fgad.bundle.checks import check_contents
 from fgad.bundle.engine import check_tensorrt_engine
 from fgad.bundle.errors import BundleError
 from fgad.bundle.files import check_files
+from fgad.bundle.integrity import TrustSpec, check_integrity
 from fgad.bundle.spec import MANIFEST_FILE, EngineSpec, Manifest
 from fgad.runtime.backends.base import Backend
 
@@ -192,15 +193,23 @@ def check_manifest(
     *,
     backend: str = "auto",
     verify_hashes: bool = True,
+    strict: bool = False,
+    trust: TrustSpec | None = None,
 ) -> None:
     """Everything that can be checked before an engine is created; raises :class:`BundleError`.
 
-    Order: files and sha256 (``verify_hashes=False`` only checks presence), engine kind vs installed backends
-    (``backend`` as in :func:`select_backend`), then the bundle's contents (:func:`fgad.bundle.checks.check_contents`:
-    output names and shapes vs ``input.size``/``grid``, few-shot layers vs ``tokens_<layer>`` outputs, the
-    references file).
+    Order: the manifest's integrity (:func:`fgad.bundle.integrity.check_integrity`: its digest, with ``trust``
+    a signature by one of those public keys, files ``sha256`` does not list: refused with ``strict``, else a
+    warning), files and sha256 (``verify_hashes=False`` only checks presence; not allowed with ``trust``),
+    engine kind vs installed backends (``backend`` as in :func:`select_backend`), then the bundle's contents
+    (:func:`fgad.bundle.checks.check_contents`: output names and shapes vs ``input.size``/``grid``, few-shot
+    layers vs ``tokens_<layer>`` outputs, the references file).
     """
     root = Path(bundle_dir)
+    if trust and not verify_hashes:
+        raise ValueError("a trusted signature vouches for the files only when their sha256 are checked: "
+                         "trust needs verify_hashes=True")
+    check_integrity(manifest, root, trust=trust, strict=strict)
     check_files(manifest, root, verify_hashes)
     check_engine(manifest, root, backend)
     check_contents(manifest, root)
