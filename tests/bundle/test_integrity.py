@@ -227,12 +227,12 @@ def test_external_data_runs_and_must_be_listed(bundle: FakeBundle) -> None:
     assert err.field == "sha256" and "engine.external_data[0] 'model.onnx.data'" in str(err)
 
 
-@pytest.mark.parametrize("content", [b"", b"\x3a\xff\xff\xff\x0f", b"\x3a\x05\x2a\x10", b"\x3b\x00"],
-                         ids=["empty", "length past the end", "nested length past its message", "group wire type"])
 def external_data_files(path: Path) -> set[str]:
     return {entry.location for entry in external_data_locations(path)}
 
 
+@pytest.mark.parametrize("content", [b"", b"\x3a\xff\xff\xff\x0f", b"\x3a\x05\x2a\x10", b"\x3b\x00"],
+                         ids=["empty", "length past the end", "nested length past its message", "group wire type"])
 def test_external_data_scanner_refuses_malformed_graphs(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "bad.onnx"
     path.write_bytes(content)
