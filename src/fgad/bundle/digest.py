@@ -104,6 +104,18 @@ def write_digest(folder: Path, data: Mapping[str, Any] | None = None) -> str:
     return str(record["manifest_sha256"])
 
 
+def read_sidecar(path: Path, fmt: str, advice: str, unreadable_field: str) -> dict[str, Any]:
+    """A JSON record beside the manifest (digest, signature) whose ``format`` is ``fmt``; a BundleError naming
+    ``unreadable_field`` when it is not JSON, ``format`` when it is another record."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: not readable JSON ({exc}); {advice}", unreadable_field) from exc
+    if not isinstance(record, dict) or record.get("format") != fmt:
+        raise BundleError(f"{path}: field 'format' must be {fmt!r}; {advice}", "format")
+    return record
+
+
 def read_digest(folder: Path) -> dict[str, Any] | None:
     """The parsed ``manifest.digest`` of ``folder`` (``None`` when there is none); BundleError when unreadable."""
     path = folder / DIGEST_FILE
@@ -111,12 +123,7 @@ def read_digest(folder: Path) -> dict[str, Any] | None:
         return None
     advice = ("the digest file is damaged: copy the bundle again, or re-export it (fgad-export, fgad-calibrate; "
               "fgad-sign sign rewrites it for a bundle whose files are intact)")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path}: not readable JSON ({exc}); {advice}", "manifest_sha256") from exc
-    if not isinstance(record, dict) or record.get("format") != DIGEST_FORMAT:
-        raise BundleError(f"{path}: field 'format' must be {DIGEST_FORMAT!r}; {advice}", "format")
+    record = read_sidecar(path, DIGEST_FORMAT, advice, "manifest_sha256")
     if record.get("version") != DIGEST_VERSION or record.get("algorithm") != "sha256":
         raise BundleError(
             f"{path}: field 'version' is {record.get('version')!r} (algorithm {record.get('algorithm')!r}), but this "

@@ -15,12 +15,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fgad.bundle.digest import read_sidecar
 from fgad.bundle.errors import BundleError
 from fgad.bundle.spec import SIGNATURE_FILE
 from fgad.core.atomic import atomic_write_json
@@ -213,12 +213,7 @@ def read_signature(folder: Path) -> dict[str, Any] | None:
     path = folder / SIGNATURE_FILE
     if not path.exists():
         return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path}: not readable JSON ({exc}); {_SIG_ADVICE}", "signature") from exc
-    if not isinstance(record, dict) or record.get("format") != SIGNATURE_FORMAT:
-        raise BundleError(f"{path}: field 'format' must be {SIGNATURE_FORMAT!r}; {_SIG_ADVICE}", "format")
+    record = read_sidecar(path, SIGNATURE_FORMAT, _SIG_ADVICE, "signature")
     if record.get("version") != SIGNATURE_VERSION or record.get("algorithm") != "ed25519":
         raise BundleError(
             f"{path}: field 'algorithm' is {record.get('algorithm')!r} (version {record.get('version')!r}), but this "
