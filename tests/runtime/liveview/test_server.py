@@ -155,13 +155,35 @@ def test_mjpeg_stream_sends_each_new_frame_encoded_once(view: LiveView) -> None:
         assert view.jpeg_encodes == 1  # two clients, one frame, one encoding
         assert view.stream_clients == 2
         publish(view, "cam0", 50, overlay=frame(BLUE))
-        second = [r.next_jpeg() for r in readers]
+        second = [_next_new_jpeg(r, first[0]) for r in readers]
         assert second[0] == second[1] and mean_color(second[0])[2] > 150
         assert view.jpeg_encodes == 2
     finally:
         for r in readers:
             r.close()
     assert wait_until(lambda: view.stream_clients == 0)
+
+
+def _next_new_jpeg(reader: MjpegReader, previous: bytes) -> bytes:
+    """The next part that is not ``previous`` again (an idle stream repeats its last frame once)."""
+    for _ in range(3):
+        data = reader.next_jpeg()
+        if data != previous:
+            return data
+    raise AssertionError("the stream repeated its old frame instead of sending the new one")
+
+
+def test_an_idle_stream_repeats_its_last_frame_once(view: LiveView) -> None:
+    publish(view, "cam0", 0, overlay=frame(RED))
+    reader = MjpegReader(view.url + "stream?source=cam0")
+    try:
+        first = reader.next_jpeg()
+        assert reader.next_jpeg() == first  # sent again after the idle wait: the browser then shows it
+        publish(view, "cam0", 1, overlay=frame(BLUE))
+        assert mean_color(reader.next_jpeg())[2] > 150  # and not a third time: the next part is the new frame
+        assert view.jpeg_encodes == 2
+    finally:
+        reader.close()
 
 
 def test_stream_client_limit(tmp_path: Path) -> None:
@@ -233,7 +255,15 @@ def test_token_guards_every_request() -> None:
             assert request(base + path + ("&" if "?" in path else "?") + "token=wrong-token-000").status == 401
             assert request(base + path, headers={"Authorization": "Bearer wrong"}).status == 401
         assert post_json(base + "api/threshold", {"threshold": 0.1}).status == 401
-        assert request(base, headers={"Authorization": f"Bearer {TOKEN}"}).status == 200
+        assert "Set-Cookie" not in request(base + "?token=wrong-token-000").headers
+        assert "Set-Cookie" not in request(base, headers={"Authorization": f"Bearer {TOKEN}"}).headers
+        page = request(base + f"?token={TOKEN}")
+        assert page.status == 200
+        cookie = page.headers["Set-Cookie"]
+        assert cookie.startswith(f"fgad_token={TOKEN};") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        assert request(base + "app.js", headers={"Cookie": f"fgad_token={TOKEN}"}).status == 200
+        assert request(base + "app.js", headers={"Cookie": "fgad_token=wrong-token-000"}).status == 401
+        assert request(base + "app.js", headers={"Cookie": "garbage;;=\x00"}).status == 401
         assert request(base + f"health?token={TOKEN}").json()["ok"] is True
         assert request(base + "api/state", headers={"Authorization": f"Bearer {TOKEN}"}).status == 200
         assert post_json(base + "api/threshold", {"threshold": 0.1},

@@ -16,6 +16,7 @@ Routes (every one needs the token when the view has one):
 from __future__ import annotations
 
 import hmac
+import http.cookies
 import http.server
 import json
 import logging
@@ -42,6 +43,8 @@ __all__ = ["LiveView"]
 log = logging.getLogger(__name__)
 
 BOUNDARY = "fgadframe"
+#: Cookie set once a request carried the right ``?token=``: the page's own files and images then need no token.
+COOKIE = "fgad_token"
 #: The packaged page: URL path -> (file name, content type). Nothing else is ever read from disk.
 STATIC_FILES: dict[str, tuple[str, str]] = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -250,15 +253,33 @@ def _make_handler(view: LiveView) -> type[http.server.BaseHTTPRequestHandler]:
                 # No token means loopback only: refuse a foreign Host header (a DNS-rebinding page in the
                 # operator's browser would send its own name).
                 return is_loopback_host(_host_of(self.headers.get("Host")))
-            offered = ""
+            offered, from_query = "", False
             auth = self.headers.get("Authorization", "")
             if auth.startswith("Bearer "):
                 offered = auth[len("Bearer "):].strip()
             elif "token" in query:
-                offered = query["token"][0]
-            return hmac.compare_digest(offered.encode(), token)
+                offered, from_query = query["token"][0], True
+            else:
+                cookie = http.cookies.SimpleCookie()
+                try:
+                    cookie.load(self.headers.get("Cookie", ""))
+                except http.cookies.CookieError:
+                    return False
+                if COOKIE in cookie:
+                    offered = cookie[COOKIE].value
+            ok = hmac.compare_digest(offered.encode("utf-8", "replace"), token)
+            # the page's own style sheet and script are fetched without the query: a cookie carries it there
+            self._set_cookie = ok and from_query
+            return ok
+
+        def end_headers(self) -> None:
+            if getattr(self, "_set_cookie", False) and token is not None:
+                self.send_header("Set-Cookie", f"{COOKIE}={token.decode()}; Path=/; HttpOnly; SameSite=Strict")
+                self._set_cookie = False
+            super().end_headers()
 
         def _route(self) -> tuple[str, dict[str, list[str]]] | None:
+            self._set_cookie = False
             parts = urlsplit(self.path)
             query = parse_qs(parts.query, keep_blank_values=True, max_num_fields=8)
             if not self._authorized(query):
@@ -324,21 +345,24 @@ def _make_handler(view: LiveView) -> type[http.server.BaseHTTPRequestHandler]:
                 self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
                 self.send_header("Cache-Control", "no-store")
                 self.send_header("Connection", "close")
-                for key, value in SECURITY_HEADERS:
+                for key, value in SECURITY_HEADERS[1:]:  # nosniff would make Chromium refuse the multipart image
                     self.send_header(key, value)
                 self.end_headers()
                 self.close_connection = True
                 self.wfile.write(f"--{BOUNDARY}\r\n".encode())
-                seq = -1
+                seq, data, repeated = -1, b"", True
                 while not view.state.closed:
                     frame = view.state.wait_for_frame(source, seq, timeout=0.5)
                     if frame is None:
                         if _peer_closed(self.connection):
                             break
-                        continue
-                    seq = frame.seq
-                    data = frame.jpeg()
-                    # each part ends with the next boundary, so the browser shows a frame as soon as it arrives
+                        if repeated:
+                            continue
+                        # Chromium shows a part only once the next one begins: when no new frame follows
+                        # within the wait, the last one is sent again (once), so a quiet source is still seen.
+                        repeated = True
+                    else:
+                        seq, data, repeated = frame.seq, frame.jpeg(), False
                     self.wfile.write(b"Content-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data)
                                      + data + f"\r\n--{BOUNDARY}\r\n".encode())
                     self.wfile.flush()
