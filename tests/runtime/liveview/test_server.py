@@ -402,3 +402,11 @@ def test_demo_runs(tmp_path: Path) -> None:
         frames = run_demo(v, fps=200, seconds=0.3)
         state = request(v.url + "api/state").json()
     assert set(state["sources"]) == {"cam0", "st2"} and state["sources"]["cam0"]["frames"] == frames > 0
+
+
+def test_bench_runs() -> None:
+    from fgad.runtime.liveview.bench import SIZES, run_bench
+
+    rows = run_bench(calls=3)
+    assert [r["overlay"] for r in rows] == [f"{w}x{h}" for h, w in SIZES]
+    assert all(r[k] > 0 for r in rows for k in ("unwatched_us", "watched_us", "no_overlay_us"))

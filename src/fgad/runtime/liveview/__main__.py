@@ -14,6 +14,7 @@ from .settings import ViewSettings, load_persisted_threshold, parse_serve_addres
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fgad.runtime.liveview", description=__doc__)
     parser.add_argument("--demo", action="store_true", help="publish synthetic frames from two sources")
+    parser.add_argument("--bench", action="store_true", help="measure what publish costs the caller and exit")
     parser.add_argument("--serve", default="127.0.0.1:8080", help="HOST:PORT to listen on (default %(default)s)")
     parser.add_argument("--serve-token", default=None, help="required for a non-loopback host")
     parser.add_argument("--settings", type=Path, default=None,
@@ -21,8 +22,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=None, help="stop after this long (default: Ctrl-C)")
     args = parser.parse_args(argv)
+    if args.bench:
+        from .bench import run_bench
+
+        for row in run_bench():
+            print(f"{row['overlay']:>9}: publish median {row['unwatched_us']:.1f} us unwatched, "
+                  f"{row['watched_us']:.1f} us with one MJPEG client, {row['no_overlay_us']:.1f} us without overlay")
+        return 0
     if not args.demo:
-        parser.error("only --demo is available here; fgad-run --serve shows a real line")
+        parser.error("choose --demo or --bench; fgad-run --serve shows a real line")
     try:
         host, port = parse_serve_address(args.serve)
         settings_path = args.settings or Path(tempfile.mkdtemp(prefix="fgad-liveview-")) / "liveview.json"
