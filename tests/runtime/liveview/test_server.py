@@ -229,11 +229,33 @@ def test_a_failing_threshold_callback_is_reported(tmp_path: Path) -> None:
     def refuse(value: float) -> None:
         raise ValueError(f"threshold {value} is outside the calibrated range")
 
-    with LiveView(ViewSettings(port=0), threshold=0.5, on_threshold=refuse) as v:
+    path = tmp_path / "liveview.json"
+    with LiveView(ViewSettings(port=0, settings_path=path), threshold=0.5, on_threshold=refuse) as v:
         reply = post_json(v.url + "api/threshold", {"threshold": 9.0})
         assert reply.status == 400 and "calibrated range" in reply.json()["error"]
         assert request(v.url + "api/state").json()["threshold"] == 0.5
-        assert reply.json() and post_json(v.url + "api/threshold", {"threshold": 9.0}, {}).status == 400
+        assert not path.exists()  # the refused value is not left for the next run
+        path.write_text('{"threshold": 0.4, "note": "kept"}')
+        assert post_json(v.url + "api/threshold", {"threshold": 9.0}).status == 400
+        assert json.loads(path.read_text()) == {"threshold": 0.4, "note": "kept"}
+
+
+def test_a_refused_post_closes_the_connection(view: LiveView) -> None:
+    # a body left unread after a refusal must not be read as a second request on the same connection
+    host, port = urllib.parse.urlsplit(view.url).hostname, urllib.parse.urlsplit(view.url).port
+    smuggled = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(b"POST /api/threshold HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(smuggled) + smuggled)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 415") and reply.count(b"HTTP/1.1 ") == 1
+
+
+def test_head_of_a_stream_ends(view: LiveView) -> None:
+    reply = request(view.url + "stream?source=cam0", method="HEAD")
+    assert reply.status == 200 and reply.headers["Content-Type"].startswith("multipart/x-mixed-replace")
 
 
 def test_without_persisting(tmp_path: Path) -> None:

@@ -51,8 +51,9 @@ def test_a_public_bind_needs_a_token() -> None:
     with pytest.raises(ValueError, match="needs a token"):
         ViewSettings(host="0.0.0.0")
     assert ViewSettings(host="0.0.0.0", token="s3cret-token").token == "s3cret-token"
-    with pytest.raises(ValueError, match="at least 8"):
-        ViewSettings(host="0.0.0.0", token="short")
+    for bad in ("short", "has space in it", "semi;colon-token", "ünïcödé-token"):
+        with pytest.raises(ValueError, match="at least 8"):
+            ViewSettings(host="0.0.0.0", token=bad)
 
 
 @pytest.mark.parametrize("field", [{"port": -1}, {"port": 65536}, {"port": True}, {"gallery_size": 0},

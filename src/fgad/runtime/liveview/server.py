@@ -29,6 +29,8 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
+from fgad.core.atomic import atomic_write_bytes
+
 from .encoder import jpeg_encoder
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import render_metrics
@@ -198,11 +200,22 @@ class LiveView:
 
     def _change_threshold(self, value: float) -> dict[str, Any]:
         with self._threshold_lock:
-            persisted = self.settings.settings_path is not None
-            if self.settings.settings_path is not None:
-                persist_threshold(self.settings.settings_path, value)
-            if self._on_threshold is not None:
-                self._on_threshold(value)
+            path = self.settings.settings_path
+            persisted = path is not None
+            previous = path.read_bytes() if path is not None and path.exists() else None
+            if path is not None:
+                persist_threshold(path, value)
+            try:
+                if self._on_threshold is not None:
+                    self._on_threshold(value)
+            except BaseException:
+                # the runtime refused the value: the file must not start the next run with it
+                if path is not None:
+                    if previous is None:
+                        path.unlink(missing_ok=True)
+                    else:
+                        atomic_write_bytes(path, previous)
+                raise
             self.state.set_threshold(value)
             return {"threshold": value, "persisted": persisted}
 
@@ -246,6 +259,9 @@ def _make_handler(view: LiveView) -> type[http.server.BaseHTTPRequestHandler]:
                        "application/json; charset=utf-8")
 
         def _error(self, status: int, message: str, extra: tuple[tuple[str, str], ...] = ()) -> None:
+            # a refused request's body may be unread: never parse it as the next request on this connection
+            self.close_connection = True
+            extra = extra + (("Connection", "close"),)
             self._send(status, json.dumps({"error": message}).encode(), "application/json; charset=utf-8", extra)
 
         def _authorized(self, query: dict[str, list[str]]) -> bool:
@@ -349,6 +365,8 @@ def _make_handler(view: LiveView) -> type[http.server.BaseHTTPRequestHandler]:
                     self.send_header(key, value)
                 self.end_headers()
                 self.close_connection = True
+                if self.command == "HEAD":
+                    return
                 self.wfile.write(f"--{BOUNDARY}\r\n".encode())
                 seq, data, repeated = -1, b"", True
                 while not view.state.closed:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,8 @@ __all__ = [
     "validate_threshold",
 ]
 
+#: What a token may hold: it travels in a header, a URL query and a cookie, unescaped.
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{8,512}")
 #: Key of the threshold in the settings file; other keys in that file are kept when it is rewritten.
 THRESHOLD_KEY = "threshold"
 
@@ -61,8 +64,9 @@ class ViewSettings:
             raise ValueError(f"serve host must be a string, got {self.host!r}")
         if not isinstance(self.port, int) or isinstance(self.port, bool) or not 0 <= self.port <= 65535:
             raise ValueError(f"serve port must be an integer in 0..65535 (0 = a free port), got {self.port!r}")
-        if self.token is not None and (not isinstance(self.token, str) or len(self.token.strip()) < 8):
-            raise ValueError("serve token must be a string of at least 8 characters (e.g. `openssl rand -hex 16`)")
+        if self.token is not None and (not isinstance(self.token, str) or not _TOKEN.fullmatch(self.token)):
+            raise ValueError("serve token must be at least 8 characters of A-Z a-z 0-9 . _ ~ + / = - "
+                             "(e.g. `openssl rand -hex 16`)")
         if self.token is None and not is_loopback_host(self.host):
             raise ValueError(
                 f"serving the live view on {self.host!r} (not loopback) needs a token: pass --serve-token "
