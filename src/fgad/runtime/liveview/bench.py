@@ -34,7 +34,7 @@ def run_bench(calls: int = 400) -> list[dict[str, float | str]]:
             unwatched = _median_publish_us(view, image, calls)
             assert view.url is not None
             url = urlsplit(view.url)
-            conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+            conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=10)
             conn.request("GET", "/stream?source=cam0")
             response = conn.getresponse()
             response.fp.readline()  # the stream is open: a client is watching from here on
