@@ -432,3 +432,36 @@ def test_bench_runs() -> None:
     rows = run_bench(calls=3)
     assert [r["overlay"] for r in rows] == [f"{w}x{h}" for h, w in SIZES]
     assert all(r[k] > 0 for r in rows for k in ("unwatched_us", "watched_us", "no_overlay_us"))
+
+
+def test_concurrent_publishers_and_readers_count_every_frame(view: LiveView) -> None:
+    reader = MjpegReader(view.url + "stream?source=s0")  # opened before the source exists: it waits for it
+    errors: list[BaseException] = []
+
+    def publisher(k: int) -> None:
+        try:
+            for i in range(300):
+                publish(view, f"s{k}", i, "NG" if i % 10 == 0 else "OK", overlay=frame(RED) if i % 7 == 0 else None)
+        except BaseException as err:  # reported below: an assertion in a thread would only be printed
+            errors.append(err)
+
+    def poller() -> None:
+        statuses = [request(view.url + path).status for _ in range(30) for path in ("api/state", "metrics")]
+        if set(statuses) != {200}:
+            errors.append(AssertionError(f"state/metrics answered {sorted(set(statuses))}"))
+
+    threads = [threading.Thread(target=publisher, args=(k,)) for k in range(4)] + [threading.Thread(target=poller)]
+    for t in threads:
+        t.start()
+    try:
+        assert mean_color(reader.next_jpeg())[0] > 150
+    finally:
+        reader.close()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    state = request(view.url + "api/state").json()
+    for k in range(4):
+        s = state["sources"][f"s{k}"]
+        assert (s["frames"], s["ok"], s["ng"], s["frame_index"]) == (300, 270, 30, 299)
+    assert len(state["gallery"]) == 4  # the fixture's gallery size
