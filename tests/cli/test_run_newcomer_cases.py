@@ -127,3 +127,21 @@ def test_run_ids_are_unique_and_sort_by_time() -> None:
     assert len(set(ids)) == 50
     stamp, random_part = ids[0].split("-")
     assert len(stamp) == len("20261203T164700Z") and stamp.endswith("Z") and len(random_part) == 6
+
+
+# ------------------------------------------------------------------ 7. the Python API as the docs show it
+
+
+def test_detector_and_result_import_from_the_package_and_stay_lazy() -> None:
+    code = ("import sys, fgad.runtime as rt\n"
+            "heavy = [m for m in ('cv2', 'onnxruntime', 'torch', 'fgad.runtime.pipeline') if m in sys.modules]\n"
+            "assert not heavy, heavy\n"
+            "from fgad.runtime import Detector, Result, SourceError, open_source\n"
+            "from fgad.runtime.pipeline import Detector as D\n"
+            "assert Detector is D and 'torch' not in sys.modules\n"
+            "assert set(rt.__all__) <= set(dir(rt))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    with pytest.raises(ImportError):
+        exec("from fgad.runtime import Detektor", {})

@@ -29,7 +29,7 @@ METHODS = ("entropy", "percentile", "minmax")
 @click.option("--sign", "sign_key", type=click.Path(path_type=Path), default=None,
               help="Ed25519 private key (PEM; fgad-sign keygen) that signs the int8 bundle's manifest digest, for "
                    "fgad-run --trust. Needs fgad[sign].")
-@click.option("-v", "--verbose", is_flag=True)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging (also the libraries' INFO lines).")
 @friendly_errors
 def main(bundle_dir: Path, calib_dir: Path | None, out_dir: Path, method: str, percentile: float,
          limit: int | None, seed: int, sign_key: Path | None, verbose: bool) -> None:

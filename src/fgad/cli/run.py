@@ -97,7 +97,9 @@ class _Fps:
 @click.option("--images", default=None, help="Image folder, glob pattern or single image.")
 @click.option("--loop/--no-loop", default=False, show_default=True, help="Restart the video at its end.")
 @click.option("--refs", default=None,
-              help="Folder/glob of good reference images (or a references .npz); replaces the bundle's references.")
+              help="Folder/glob of good reference images (or a references .npz): the few-shot memory of FiLo++ and "
+                   "the galleries of FineGrainedAD, and what --threshold auto is computed from; replaces the "
+                   "bundle's references.")
 @click.option("--threshold", default=None, callback=_parse_threshold,
               help="'auto' (leave-one-out over --refs images) or a number; default: the manifest's threshold.")
 @click.option("--save", "save_dir", type=click.Path(path_type=Path), default=None,
@@ -110,7 +112,9 @@ class _Fps:
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after N frames.")
 @click.option("--log-every", type=click.IntRange(min=1), default=100, show_default=True,
               help="Log FPS every N frames.")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True,
+              help="Engine: auto takes model.engine where TensorRT can run it here, else model.onnx with "
+                   "onnxruntime (and says why).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Engine CPU threads.")
 @click.option("--knn", type=click.Choice(["auto", "faiss", "numpy"]), default="auto", show_default=True,
               help="Few-shot search.")
@@ -118,7 +122,7 @@ class _Fps:
 @click.option("--trust", "trust", multiple=True, type=click.Path(path_type=Path),
               help="Ed25519 public key (PEM) the bundle must be signed with; repeat for several. Refuses unsigned "
                    "and otherwise signed bundles. Needs fgad[sign].")
-@click.option("-v", "--verbose", is_flag=True)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging (also the libraries' INFO lines).")
 @friendly_errors
 def main(**options: Any) -> None:
     """Score every frame of --camera, --video or --images with a bundle."""
