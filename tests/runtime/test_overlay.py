@@ -199,3 +199,16 @@ def test_render_panel_memory_is_bounded_by_the_panel_not_the_frame() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 40e6, f"render_panel allocated {peak / 1e6:.0f} MB for a 36 MB frame"
+
+
+def test_display_overlay_is_bounded_and_keeps_the_aspect_ratio() -> None:
+    from fgad.runtime.overlay import display_overlay
+
+    rng = np.random.default_rng(0)
+    assert display_overlay(rng.integers(0, 256, (3000, 4000, 3), dtype=np.uint8), rng.random((8, 8))).shape == \
+        (960, 1280, 3)
+    assert display_overlay(rng.integers(0, 256, (1, 10000, 3), dtype=np.uint8), rng.random((8, 8))).shape == \
+        (1, 1280, 3)
+    small = rng.integers(0, 256, (100, 50, 3), dtype=np.uint8)
+    amap = rng.random((8, 8))
+    np.testing.assert_array_equal(display_overlay(small, amap), heatmap_overlay(small, amap))

@@ -51,7 +51,8 @@ DEFORM_CHOICES = ("decomposed", "native", "plugin", "onnx")
 @click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
               help="Largest batch the engine accepts (its optimization profile is 1..max, tuned for 1).")
 @click.option("--calib-dir", type=click.Path(path_type=Path), default=None,
-              help="--engine int8: folder of normal images to calibrate on (default: the reference images).")
+              help="--engine int8: folder of normal images to calibrate on (default: the reference images); an "
+                   "unreadable image is refused by name, not skipped.")
 @click.option("--calib-method", type=click.Choice(["entropy", "percentile", "minmax"]), default="entropy",
               show_default=True, help="--engine int8: how activation ranges are chosen.")
 @click.option("--allow-unsupported", is_flag=True,

@@ -99,7 +99,7 @@ class _Fps:
 @click.option("--refs", default=None,
               help="Folder/glob of good reference images (or a references .npz): the few-shot memory of FiLo++ and "
                    "the galleries of FineGrainedAD, and what --threshold auto is computed from; replaces the "
-                   "bundle's references.")
+                   "bundle's references. An unreadable one stops the run before the first frame, naming it.")
 @click.option("--threshold", default=None, callback=_parse_threshold,
               help="'auto' (leave-one-out over --refs images) or a number; default: the manifest's threshold.")
 @click.option("--save", "save_dir", type=click.Path(path_type=Path), default=None,
@@ -284,7 +284,7 @@ def _render(
     run_id: str,
 ) -> Path | None:
     from fgad.core.outputs import require_folder
-    from fgad.runtime.overlay import heatmap_overlay, render_panel, save_image_rgb
+    from fgad.runtime.overlay import display_overlay, render_panel, save_image_rgb
 
     label = "n/a" if result.is_anomalous is None else ("ANOMALY" if result.is_anomalous else "ok")
     if result.is_anomalous:
@@ -297,7 +297,7 @@ def _render(
     if show:
         import cv2
 
-        overlay = heatmap_overlay(frame, result.anomaly_map)
+        overlay = display_overlay(frame, result.anomaly_map)
         cv2.imshow(WINDOW, cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
         cv2.setWindowTitle(WINDOW, f"fgad-run {detector.class_name}: {rate:.1f} FPS, score {result.score:.3f} {label}")
     return path

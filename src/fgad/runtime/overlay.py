@@ -15,7 +15,7 @@ import numpy as np
 from fgad.core.atomic import atomic_write_bytes
 from fgad.core.io import quiet_opencv
 
-__all__ = ["MAX_TILE_ASPECT", "colorize", "heatmap_overlay", "render_panel", "save_image_rgb"]
+__all__ = ["MAX_TILE_ASPECT", "colorize", "display_overlay", "heatmap_overlay", "render_panel", "save_image_rgb"]
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 #: A panel tile is at most this many times wider than tall, or taller than wide: an image beyond (a line-scan
@@ -101,6 +101,17 @@ def heatmap_overlay(
     if gt_mask is not None:
         _draw_mask_contours(out, gt_mask, contour_color)
     return out
+
+
+def display_overlay(image_rgb: np.ndarray, amap: np.ndarray, max_side: int = 1280, **kwargs: object) -> np.ndarray:
+    """:func:`heatmap_overlay` for a window: the image is first shrunk (aspect kept) so that its longer side is at
+    most ``max_side`` pixels, so a huge frame costs a window-sized blend, not a frame-sized one."""
+    img = _as_rgb_u8(image_rgb)
+    h, w = img.shape[:2]
+    if max(h, w) > max_side:
+        new_h, new_w = _fit_size(h, w, max_side, max_side)
+        img = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    return heatmap_overlay(img, amap, **kwargs)  # type: ignore[arg-type]
 
 
 def _draw_mask_contours(canvas: np.ndarray, gt_mask: np.ndarray, color: tuple[int, int, int]) -> None:
