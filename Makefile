@@ -24,7 +24,10 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt --extra-index-url $(TORCH_INDEX) -e '.[train,export,detect,plot,dev,sign]'
+	if $(PY) -c "import urllib.request as r; r.urlopen('$(TORCH_INDEX)/torch/', timeout=10)" 2>/dev/null; then \
+	  $(PY) -m pip install -q -c constraints.txt --extra-index-url $(TORCH_INDEX) torch torchvision; \
+	else echo "$(TORCH_INDEX) cannot be reached: torch and torchvision come from PyPI"; fi
+	$(PY) -m pip install -q -c constraints.txt -e '.[train,export,detect,plot,dev,sign]'
 	$(PY) -c "import torchvision" 2>/dev/null || { \
 	  echo "torch and torchvision are different builds (no CPU torchvision from $(TORCH_INDEX)):" \
 	       "installing PyPI's matching pair torch $(TORCH_PIN) + torchvision $(VISION_PIN)"; \
