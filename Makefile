@@ -5,6 +5,14 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 OUT    ?= demo_out
 
+# torch and torchvision must be one build (both CPU, or both the same CUDA): a CUDA torchvision beside a CPU torch
+# cannot load its C++ ops, and `import torchvision` (so `import open_clip`) fails. PyPI's Linux x86_64 wheels of both
+# are CUDA builds (torch pulls ~3 GB of nvidia-* wheels); the CPU pair (+cpu) comes from PyTorch's CPU index, added
+# here as an extra index. Where that index cannot be reached, the venv falls back to PyPI's matching pair.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_PIN   := $(shell grep -E '^torch==' constraints.txt | cut -d= -f3)
+VISION_PIN  := $(shell grep -E '^torchvision==' constraints.txt | cut -d= -f3)
+
 RT_VENV := .venv-runtime
 RT_PY   := $(RT_VENV)/bin/python
 RT_STAMP := $(RT_VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
@@ -16,7 +24,15 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	if $(PY) -c "import urllib.request as r; r.urlopen('$(TORCH_INDEX)/torch/', timeout=10)" 2>/dev/null; then \
+	  $(PY) -m pip install -q -c constraints.txt --extra-index-url $(TORCH_INDEX) torch torchvision; \
+	else echo "$(TORCH_INDEX) cannot be reached: torch and torchvision come from PyPI"; fi
 	$(PY) -m pip install -q -c constraints.txt -e '.[train,export,detect,plot,dev,sign]'
+	$(PY) -c "import torchvision" 2>/dev/null || { \
+	  echo "torch and torchvision are different builds (no CPU torchvision from $(TORCH_INDEX)):" \
+	       "installing PyPI's matching pair torch $(TORCH_PIN) + torchvision $(VISION_PIN)"; \
+	  $(PY) -m pip install -q -c constraints.txt 'torch===$(TORCH_PIN)' 'torchvision===$(VISION_PIN)'; }
+	$(PY) -c "import open_clip"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

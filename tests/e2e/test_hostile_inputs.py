@@ -252,7 +252,9 @@ def test_a_disk_full_for_overlays_leaves_no_partial_png(shared_bundle: FakeBundl
     line = _last_line_error(result.output)
     assert "stopped at frame 3: cannot write" in line and "000003_02.png: No space left on device" in line
     assert "written: 2 JSON lines" in line and f"2 overlays to {save}" in line
-    assert sorted(p.name for p in save.iterdir()) == ["000001_00.png", "000002_01.png"]  # no temporary file
+    names = sorted(p.name for p in save.iterdir())  # <run id>_<frame>.png, no temporary file
+    assert [n.split("_", 1)[1] for n in names] == ["000001_00.png", "000002_01.png"]
+    assert len({n.split("_", 1)[0] for n in names}) == 1
     assert len(_whole_json_lines(jsonl)) == 2
 
 

@@ -170,3 +170,45 @@ def test_render_panel_of_extreme_shapes_is_bounded_and_saves(tmp_path: Path, sha
     np.testing.assert_array_equal(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), panel)
     overlay = heatmap_overlay(image, rng.random((8, 8)))
     assert overlay.shape == (*shape, 3)
+
+
+@pytest.mark.parametrize(("shape", "content"), [((1, 10000), (1, 1024)), ((10000, 1), (256, 1)),
+                                                ((100, 2000), (51, 1024)), ((2000, 100), (256, 13))])
+def test_render_panel_letterboxes_extreme_aspect_ratios(shape: tuple[int, int], content: tuple[int, int]) -> None:
+    """Beyond 4:1 the image is shown undistorted on black bars, not stretched to the tile."""
+    image = np.full((*shape, 3), 200, dtype=np.uint8)
+    panel = render_panel(image, np.zeros((4, 4)), height=256)
+    body = panel[panel.shape[0] - 256:]
+    tile = body[:, : body.shape[1] // 3]
+    lit_rows, lit_cols = np.nonzero(tile.max(axis=2))
+    assert (lit_rows.max() - lit_rows.min() + 1, lit_cols.max() - lit_cols.min() + 1) == content
+    assert (tile == 0).all(axis=2).any()  # black bars where the image does not reach
+    assert tile[lit_rows, lit_cols].min() == 200  # the image itself, not blended with the bars
+
+
+def test_render_panel_memory_is_bounded_by_the_panel_not_the_frame() -> None:
+    """A large frame is resized before the heat map is blended: no full-size float copies of it."""
+    import tracemalloc
+
+    frame = np.random.default_rng(0).integers(0, 256, (3000, 4000, 3), dtype=np.uint8)  # 36 MB
+    amap = np.random.default_rng(1).random((3000, 4000)).astype(np.float32)  # 48 MB, at frame size
+    tracemalloc.start()
+    try:
+        render_panel(frame, amap, gt_mask=amap > 0.99, score=0.5, label="x")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 40e6, f"render_panel allocated {peak / 1e6:.0f} MB for a 36 MB frame"
+
+
+def test_display_overlay_is_bounded_and_keeps_the_aspect_ratio() -> None:
+    from fgad.runtime.overlay import display_overlay
+
+    rng = np.random.default_rng(0)
+    assert display_overlay(rng.integers(0, 256, (3000, 4000, 3), dtype=np.uint8), rng.random((8, 8))).shape == \
+        (960, 1280, 3)
+    assert display_overlay(rng.integers(0, 256, (1, 10000, 3), dtype=np.uint8), rng.random((8, 8))).shape == \
+        (1, 1280, 3)
+    small = rng.integers(0, 256, (100, 50, 3), dtype=np.uint8)
+    amap = rng.random((8, 8))
+    np.testing.assert_array_equal(display_overlay(small, amap), heatmap_overlay(small, amap))

@@ -88,21 +88,23 @@ def _shots(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
 @click.option("--calib-method", type=click.Choice(["entropy", "percentile", "minmax"]), default="entropy",
               show_default=True, help="int8 calibration method (minmax needs the least memory).")
 @click.option("--class-name", default=None, help="Class of the --images frames (--config mode).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where the torch and onnxruntime rows run (auto: cuda when available).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads of torch and onnxruntime.")
 @click.option("--compile/--no-compile", "use_compile", default=True, show_default=True,
               help="Also time torch.compile of the graph (the first call compiles; failures are recorded).")
 @click.option("--torch-model/--no-torch-model", default=True, show_default=True,
               help="Also time FiLoPlusPlus.forward as trained (CoCoOp text encoded per image).")
 @click.option("--deform", type=click.Choice(["decomposed", "onnx"]), default="decomposed", show_default=True,
-              help="Deformable-conv flavour of the exported bundle (--config mode).")
+              help="Deformable-conv flavour of the exported bundle (--config mode): decomposed (GridSample + MatMul) "
+                   "or onnx (the ONNX DeformConv op, opset 19; what fgad-export --deform native writes).")
 @click.option("--peak-tflops", type=float, default=None,
               help="Use this peak (TFLOP/s) instead of the built-in assumption for the peak fraction.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random heads and images.")
 @click.option("--chart/--no-chart", default=True, show_default=True, help="Write bench.png (needs fgad[plot]).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Results folder.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
-@click.option("-v", "--verbose", is_flag=True)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging (also the libraries' INFO lines).")
 @friendly_errors
 def main(bundle_dir: Path | None, config_name: str | None, backends: tuple[str, ...], precisions: tuple[str, ...],
          image_size: int | None, shots: tuple[int, ...], batch: int, frames: int, warmup: int, images: Path | None,

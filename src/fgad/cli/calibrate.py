@@ -16,7 +16,8 @@ METHODS = ("entropy", "percentile", "minmax")
               help="fp32 ONNX bundle written by fgad-export.")
 @click.option("--calib-dir", type=click.Path(path_type=Path), default=None,
               help="Folder of normal (defect-free) images of the class to calibrate on. Default: the bundle's "
-                   "reference images, if at least 8 of them still exist where they were exported from.")
+                   "reference images, if at least 8 of them still exist where they were exported from. An unreadable "
+                   "image is refused by name, not skipped.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Folder of the int8 bundle to write (a new folder, or an earlier bundle to replace).")
 @click.option("--method", type=click.Choice(METHODS), default="entropy", show_default=True,
@@ -29,7 +30,7 @@ METHODS = ("entropy", "percentile", "minmax")
 @click.option("--sign", "sign_key", type=click.Path(path_type=Path), default=None,
               help="Ed25519 private key (PEM; fgad-sign keygen) that signs the int8 bundle's manifest digest, for "
                    "fgad-run --trust. Needs fgad[sign].")
-@click.option("-v", "--verbose", is_flag=True)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging (also the libraries' INFO lines).")
 @friendly_errors
 def main(bundle_dir: Path, calib_dir: Path | None, out_dir: Path, method: str, percentile: float,
          limit: int | None, seed: int, sign_key: Path | None, verbose: bool) -> None:

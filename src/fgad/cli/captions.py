@@ -42,7 +42,7 @@ def main() -> None:
               help="Seconds the language-model command may run.")
 @click.option("--strict", is_flag=True,
               help="Fail when the language model gives no valid record, instead of writing the heuristic draft.")
-@click.option("-v", "--verbose", is_flag=True)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging (also the libraries' INFO lines).")
 @friendly_errors
 def draft(image: Path, class_name: str, out_file: Path | None, foreground: str | None, dataset: str | None,
           llm_cmd: str | None, llm_timeout: float, strict: bool, verbose: bool) -> None:

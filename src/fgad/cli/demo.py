@@ -20,12 +20,14 @@ from fgad.cli.common import check_outputs, friendly_errors, setup_logging
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--out", "out_dir", default="demo_out", show_default=True, type=click.Path(path_type=Path))
-@click.option("--config", "config_name", default="tiny-test", show_default=True)
+@click.option("--out", "out_dir", default="demo_out", show_default=True, type=click.Path(path_type=Path),
+              help="Folder for the datasets, checkpoints, metrics, bundle and overlays.")
+@click.option("--config", "config_name", default="tiny-test", show_default=True,
+              help="Model variant (built-in name or YAML file); the default needs no download.")
 @click.option("--epochs", type=int, default=3, show_default=True, help="Phase-1 epochs (phase 2 gets one).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--progress/--no-progress", default=True, show_default=True)
-@click.option("-v", "--verbose", is_flag=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic data and the model.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging (also the libraries' INFO lines).")
 @friendly_errors
 def main(out_dir: Path, config_name: str, epochs: int, seed: int, progress: bool, verbose: bool) -> None:
     """Synthetic parts -> train -> 0/2-shot evaluation -> tables and overlays."""
@@ -76,10 +78,6 @@ def main(out_dir: Path, config_name: str, epochs: int, seed: int, progress: bool
     click.echo("The tiny model is random CLIP: these numbers show the pipeline works, not real accuracy.")
 
 
-if __name__ == "__main__":
-    main()
-
-
 def _export_and_run(model, config, target: Path, out_dir: Path) -> None:  # noqa: ANN001
     """Step 4: bundle for the unseen product, then the torch-free Detector over its test images."""
     import json
@@ -124,3 +122,7 @@ def _export_and_run(model, config, target: Path, out_dir: Path) -> None:  # noqa
         f"median {np.median(latencies):.1f} ms per image, threshold {detector.threshold:.3f} (auto); "
         f"{run_dir}/results.jsonl"
     )
+
+
+if __name__ == "__main__":
+    main()

@@ -30,11 +30,12 @@ from fgad.cli.common import check_outputs, friendly_errors, setup_logging, split
               help="Grounding DINO weights: Hugging Face model id (cached) or a local folder in transformers format.")
 @click.option("--combine-with", type=click.Path(path_type=Path), default=None,
               help="FineGrainedAD --checkpoint only: average its maps and scores with this FiLo++ checkpoint's.")
-@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Test images per forward pass (lower it if memory runs out; results do not change).")
 @click.option("--overlays", "num_overlays", type=int, default=8, show_default=True, help="Overlay PNGs per class.")
 @click.option("--max-images", type=int, default=None, help="Evaluate at most this many test images per class.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
-@click.option("-v", "--verbose", is_flag=True)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging (also the libraries' INFO lines).")
 @friendly_errors
 def main(checkpoint: Path | None, config_name: str | None, data_root: Path, out_dir: Path, shots: int,
          classes: tuple[str, ...], pretrained: str | None, banks: tuple[str, ...], seed: int, box_prior: str,

@@ -31,16 +31,17 @@ DEFORM_CHOICES = ("decomposed", "native", "plugin", "onnx")
               help="An existing bundle: build its TensorRT engine (--engine fp32|fp16|int8) without a checkpoint "
                    "or torch, e.g. on the device after copying the ONNX bundle there.")
 @click.option("--refs", "refs_dir", type=click.Path(path_type=Path), default=None,
-              help="Folder of good images of the class: CoCoOp conditioning, prompt filtering and few-shot memory. "
-                   "Without it the bundle is zero-shot.")
+              help="Folder of good images of the class, the bundle's references. FiLo++: CoCoOp conditioning, prompt "
+                   "filtering and the few-shot memory (without it the bundle is zero-shot). FineGrainedAD: the "
+                   "few-shot galleries (default: the training shots).")
 @click.option("--engine", type=click.Choice(ENGINES), default="onnx", show_default=True,
               help="onnx: the ONNX bundle only. fp32/fp16/int8: also a TensorRT engine (model.engine), built here, "
                    "for this GPU and TensorRT version, and checked against onnxruntime.")
 @click.option("--deform", type=click.Choice(DEFORM_CHOICES), default=None,
               help="Deformable conv as GridSample+MatMul (decomposed, the default), the ONNX DeformConv op (native, "
-                   "opset 19; TensorRT >= 10.1) or our TensorRT plugin's node (plugin: model.onnx keeps DeformConv "
-                   "for onnxruntime, the engine gets the plugin node; needs --plugin). With --bundle: default as "
-                   "exported.")
+                   "or its other name onnx; opset 19; TensorRT >= 10.1) or our TensorRT plugin's node (plugin: "
+                   "model.onnx keeps DeformConv for onnxruntime, the engine gets the plugin node; needs --plugin). "
+                   "With --bundle: default as exported.")
 @click.option("--plugin", "plugins", multiple=True, type=click.Path(path_type=Path),
               help="TensorRT plugin library (built from cpp_ext on this device); copied into the bundle.")
 @click.option("--workspace", "workspace_gb", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -50,7 +51,8 @@ DEFORM_CHOICES = ("decomposed", "native", "plugin", "onnx")
 @click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
               help="Largest batch the engine accepts (its optimization profile is 1..max, tuned for 1).")
 @click.option("--calib-dir", type=click.Path(path_type=Path), default=None,
-              help="--engine int8: folder of normal images to calibrate on (default: the reference images).")
+              help="--engine int8: folder of normal images to calibrate on (default: the reference images); an "
+                   "unreadable image is refused by name, not skipped.")
 @click.option("--calib-method", type=click.Choice(["entropy", "percentile", "minmax"]), default="entropy",
               show_default=True, help="--engine int8: how activation ranges are chosen.")
 @click.option("--allow-unsupported", is_flag=True,
@@ -67,13 +69,14 @@ DEFORM_CHOICES = ("decomposed", "native", "plugin", "onnx")
               help="Box prior inside the graph (default: the config's post.box_prior). grounding-dino runs on the "
                    "PyTorch path only (fgad-eval) and is refused here.")
 @click.option("--bank", "banks", multiple=True, help="Extra description bank (JSON {class: [phrases]}).")
-@click.option("--opset", type=click.IntRange(16, None), default=DEFAULT_OPSET, show_default=True)
+@click.option("--opset", type=click.IntRange(16, None), default=DEFAULT_OPSET, show_default=True,
+              help="ONNX opset of model.onnx (--deform native needs 19 or later).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Bundle directory to write (required unless --bundle).")
 @click.option("--sign", "sign_key", type=click.Path(path_type=Path), default=None,
               help="Ed25519 private key (PEM; fgad-sign keygen) that signs the bundle's manifest digest "
                    "(manifest.sig), for fgad-run --trust. Needs fgad[sign].")
-@click.option("-v", "--verbose", is_flag=True)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging (also the libraries' INFO lines).")
 @friendly_errors
 def main(**options: Any) -> None:
     """Write model.onnx, references.npz and manifest.json to OUT (docs/bundle.md); with --engine, model.engine."""

@@ -55,10 +55,20 @@ def _display_problem() -> str | None:
     return None
 
 
-def _overlay_name(index: int, frame_id: Any) -> str:
+def new_run_id() -> str:
+    """A run id, unique per invocation and sortable by start time: ``20261203T164700Z-3f9a1c`` (UTC + random)."""
+    import secrets
+    from datetime import datetime, timezone
+
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def _overlay_name(run_id: str, index: int, frame_id: Any) -> str:
+    """The panel file of one frame. The run id keeps a restarted run from overwriting the panels (and breaking the
+    JSON lines) of the runs before it in the same --save folder."""
     if isinstance(frame_id, str):
-        return f"{index:06d}_{Path(frame_id).stem}.png"
-    return f"frame_{int(frame_id):06d}.png"
+        return f"{run_id}_{index:06d}_{Path(frame_id).stem}.png"
+    return f"{run_id}_frame_{int(frame_id):06d}.png"
 
 
 class _Fps:
@@ -81,23 +91,30 @@ class _Fps:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path),
               help="Bundle folder written by fgad-export.")
-@click.option("--camera", type=int, default=None, help="Camera index (cv2.VideoCapture).")
+@click.option("--camera", type=click.IntRange(0, 99), default=None,
+              help="Camera index N (/dev/videoN on Linux; list them with `v4l2-ctl --list-devices`).")
 @click.option("--video", default=None, help="Video file or stream URL.")
 @click.option("--images", default=None, help="Image folder, glob pattern or single image.")
 @click.option("--loop/--no-loop", default=False, show_default=True, help="Restart the video at its end.")
 @click.option("--refs", default=None,
-              help="Folder/glob of good reference images (or a references .npz); replaces the bundle's references.")
+              help="Folder/glob of good reference images (or a references .npz): the few-shot memory of FiLo++ and "
+                   "the galleries of FineGrainedAD, and what --threshold auto is computed from; replaces the "
+                   "bundle's references. An unreadable one stops the run before the first frame, naming it.")
 @click.option("--threshold", default=None, callback=_parse_threshold,
               help="'auto' (leave-one-out over --refs images) or a number; default: the manifest's threshold.")
 @click.option("--save", "save_dir", type=click.Path(path_type=Path), default=None,
-              help="Write an overlay panel PNG per frame into this folder.")
+              help="Write an overlay panel PNG per frame into this folder, named <run id>_<frame>.png: a rerun "
+                   "into the same folder never overwrites an earlier run's panels.")
 @click.option("--jsonl", "jsonl_path", type=click.Path(path_type=Path), default=None,
-              help="Append one JSON line per frame to this file.")
+              help="Append one JSON line per frame to this file (with the run id and, with --save, the panel's "
+                   "absolute path).")
 @click.option("--show/--no-show", default=False, show_default=True, help="Show the overlay in a window.")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after N frames.")
 @click.option("--log-every", type=click.IntRange(min=1), default=100, show_default=True,
               help="Log FPS every N frames.")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True,
+              help="Engine: auto takes model.engine where TensorRT can run it here, else model.onnx with "
+                   "onnxruntime (and says why).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Engine CPU threads.")
 @click.option("--knn", type=click.Choice(["auto", "faiss", "numpy"]), default="auto", show_default=True,
               help="Few-shot search.")
@@ -105,7 +122,7 @@ class _Fps:
 @click.option("--trust", "trust", multiple=True, type=click.Path(path_type=Path),
               help="Ed25519 public key (PEM) the bundle must be signed with; repeat for several. Refuses unsigned "
                    "and otherwise signed bundles. Needs fgad[sign].")
-@click.option("-v", "--verbose", is_flag=True)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging (also the libraries' INFO lines).")
 @friendly_errors
 def main(**options: Any) -> None:
     """Score every frame of --camera, --video or --images with a bundle."""
@@ -134,8 +151,9 @@ def _run(src: SourceSettings, det: DetectorSettings, out: OutputSettings) -> Non
     detector = Detector.from_bundle(det.bundle_dir, refs=det.refs, backend=det.backend, threshold=det.threshold,
                                     threads=det.threads, knn=det.knn, strict=det.strict, trust=det.trust or None)
     threshold_text = "none" if detector.threshold is None else f"{detector.threshold:.4f}"
+    run_id = new_run_id()
     click.echo(
-        f"bundle {det.bundle_dir} (class '{detector.class_name}', {detector.backend.name}, "
+        f"run {run_id}: bundle {det.bundle_dir} (class '{detector.class_name}', {detector.backend.name}, "
         f"{detector.size}px): {detector.num_references} reference images, threshold {threshold_text} "
         f"[{detector.threshold_rule}]",
         err=True,
@@ -169,12 +187,12 @@ def _run(src: SourceSettings, det: DetectorSettings, out: OutputSettings) -> Non
                     overlay_path = None
                     if out.save_dir is not None or show:
                         overlay_path = _render(frame, result, processed, frame_id, out.save_dir, show, rate,
-                                               detector)
+                                               detector, run_id)
                         overlays += overlay_path is not None
                     if jsonl is not None:
-                        record = {"frame": frame_id, **result.to_dict()}
+                        record = {"run_id": run_id, "frame": frame_id, **result.to_dict()}
                         if overlay_path is not None:
-                            record["overlay"] = str(overlay_path)
+                            record["overlay"] = str(overlay_path.absolute())
                         jsonl.write_line(_json_line(record))
                 except OSError as err:  # a full disk, a folder removed: stop, say what was written
                     output_error = err
@@ -262,23 +280,24 @@ def _json_line(record: dict[str, Any]) -> str:
 
 
 def _render(
-    frame: Any, result: Any, index: int, frame_id: Any, save_dir: Path | None, show: bool, rate: float, detector: Any
+    frame: Any, result: Any, index: int, frame_id: Any, save_dir: Path | None, show: bool, rate: float, detector: Any,
+    run_id: str,
 ) -> Path | None:
     from fgad.core.outputs import require_folder
-    from fgad.runtime.overlay import heatmap_overlay, render_panel, save_image_rgb
+    from fgad.runtime.overlay import display_overlay, render_panel, save_image_rgb
 
     label = "n/a" if result.is_anomalous is None else ("ANOMALY" if result.is_anomalous else "ok")
     if result.is_anomalous:
         label += f": {result.best_description}"
     path = None
     if save_dir is not None:
-        path = save_dir / _overlay_name(index, frame_id)
+        path = save_dir / _overlay_name(run_id, index, frame_id)
         require_folder(save_dir, "--save folder")  # removed during the run: stop, do not re-create it
         save_image_rgb(path, render_panel(frame, result.anomaly_map, score=result.score, label=label))
     if show:
         import cv2
 
-        overlay = heatmap_overlay(frame, result.anomaly_map)
+        overlay = display_overlay(frame, result.anomaly_map)
         cv2.imshow(WINDOW, cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
         cv2.setWindowTitle(WINDOW, f"fgad-run {detector.class_name}: {rate:.1f} FPS, score {result.score:.3f} {label}")
     return path

@@ -42,7 +42,7 @@ def keygen(key: Path) -> None:
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--key", "key", required=True, type=click.Path(path_type=Path),
               help="Ed25519 private key (PEM) to sign with.")
-@click.option("-v", "--verbose", is_flag=True)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging (also the libraries' INFO lines).")
 @friendly_errors
 def sign(bundle: Path, key: Path, verbose: bool) -> None:
     """Sign BUNDLE as it is (manifest.digest, manifest.sig); refused unless every file is intact."""
@@ -64,7 +64,7 @@ def sign(bundle: Path, key: Path, verbose: bool) -> None:
 @click.option("--trust", "trust", multiple=True, type=click.Path(path_type=Path),
               help="Ed25519 public key (PEM) the bundle must be signed with; repeat for several.")
 @click.option("--strict", is_flag=True, help="Refuse files the manifest does not list (default: warn).")
-@click.option("-v", "--verbose", is_flag=True)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging (also the libraries' INFO lines).")
 @friendly_errors
 def verify(bundle: Path, trust: tuple[Path, ...], strict: bool, verbose: bool) -> None:
     """Check BUNDLE's manifest digest, signature (with --trust) and every file's sha256, without running it."""

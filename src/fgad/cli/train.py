@@ -31,8 +31,8 @@ from fgad.cli.common import check_outputs, friendly_errors, setup_logging, split
 @click.option("--captions", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="FineGrainedAD configs: caption record JSON of the class (default: the shipped record).")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from OUT's last checkpoint.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
-@click.option("-v", "--verbose", is_flag=True)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging (also the libraries' INFO lines).")
 @friendly_errors
 def main(config_name: str, data_root: Path, out_dir: Path, pretrained: str | None, classes: tuple[str, ...],
          epochs_phase1: int | None, epochs_phase2: int | None, max_steps_per_epoch: int | None, seed: int | None,

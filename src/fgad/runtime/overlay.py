@@ -15,7 +15,7 @@ import numpy as np
 from fgad.core.atomic import atomic_write_bytes
 from fgad.core.io import quiet_opencv
 
-__all__ = ["MAX_TILE_ASPECT", "colorize", "heatmap_overlay", "render_panel", "save_image_rgb"]
+__all__ = ["MAX_TILE_ASPECT", "colorize", "display_overlay", "heatmap_overlay", "render_panel", "save_image_rgb"]
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 #: A panel tile is at most this many times wider than tall, or taller than wide: an image beyond (a line-scan
@@ -103,6 +103,17 @@ def heatmap_overlay(
     return out
 
 
+def display_overlay(image_rgb: np.ndarray, amap: np.ndarray, max_side: int = 1280, **kwargs: object) -> np.ndarray:
+    """:func:`heatmap_overlay` for a window: the image is first shrunk (aspect kept) so that its longer side is at
+    most ``max_side`` pixels, so a huge frame costs a window-sized blend, not a frame-sized one."""
+    img = _as_rgb_u8(image_rgb)
+    h, w = img.shape[:2]
+    if max(h, w) > max_side:
+        new_h, new_w = _fit_size(h, w, max_side, max_side)
+        img = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    return heatmap_overlay(img, amap, **kwargs)  # type: ignore[arg-type]
+
+
 def _draw_mask_contours(canvas: np.ndarray, gt_mask: np.ndarray, color: tuple[int, int, int]) -> None:
     mask = np.asarray(gt_mask)
     if mask.ndim == 3 and mask.shape[-1] == 1:
@@ -121,10 +132,32 @@ def _draw_mask_contours(canvas: np.ndarray, gt_mask: np.ndarray, color: tuple[in
     cv2.drawContours(canvas, contours, -1, rgb, _contour_thickness(h, w))
 
 
-def _fit_height(img: np.ndarray, height: int, width: int, interpolation: int) -> np.ndarray:
-    if img.shape[:2] == (height, width):
-        return img
-    return cv2.resize(img, (width, height), interpolation=interpolation)
+def _as_rgb_u8(image: np.ndarray) -> np.ndarray:
+    """``image`` as uint8 [H, W, 3] or [H, W] without copying (the panel resizes before it converts)."""
+    img = np.asarray(image)
+    if img.dtype != np.uint8:
+        return _to_rgb(img)  # raises the explanatory error
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    if img.ndim == 2 or (img.ndim == 3 and img.shape[-1] == 3):
+        return np.ascontiguousarray(img)
+    return _to_rgb(img)  # raises the explanatory error
+
+
+def _fit_size(h: int, w: int, box_h: int, box_w: int) -> tuple[int, int]:
+    """The largest ``(height, width)`` of aspect ``h:w`` (each at least 1 pixel) inside ``box_h x box_w``."""
+    scale = min(box_h / h, box_w / w)
+    return min(box_h, max(1, round(h * scale))), min(box_w, max(1, round(w * scale)))
+
+
+def _letterbox(tile: np.ndarray, box_h: int, box_w: int) -> np.ndarray:
+    """``tile`` centred on a black ``box_h x box_w`` canvas."""
+    if tile.shape[:2] == (box_h, box_w):
+        return tile
+    canvas = np.zeros((box_h, box_w, 3), dtype=np.uint8)
+    top, left = (box_h - tile.shape[0]) // 2, (box_w - tile.shape[1]) // 2
+    canvas[top:top + tile.shape[0], left:left + tile.shape[1]] = tile
+    return canvas
 
 
 def _caption(score: float | None, label: str | None) -> str:
@@ -148,27 +181,38 @@ def render_panel(
 ) -> np.ndarray:
     """Side-by-side panel ``[input | overlay | heatmap]`` with a text strip on top.
 
-    Every tile is ``height`` pixels tall and keeps the input image's aspect ratio up to
-    :data:`MAX_TILE_ASPECT` (4:1 either way); a more extreme image (down to 1 pixel high or wide) is
-    stretched to a tile of that ratio, so the panel is at most ``3 * 4 * height`` pixels wide and always
-    encodable. The strip (black, ``max(16, height // 10)`` pixels) shows the score and label when given
-    (shrunk to fit a narrow panel) and is present either way, so panels of one run all have the same size
-    and can be stacked into a grid. Returns RGB uint8 ``[strip + height, 3 * tile_width, 3]``.
+    Every tile is ``height`` pixels tall and as wide as the input image's aspect ratio asks, up to
+    :data:`MAX_TILE_ASPECT` (4:1 either way). A more extreme image (a line-scan strip, down to 1 pixel high or
+    wide) is letterboxed: shown undistorted, centred on black bars inside a tile of that ratio, so the panel is
+    at most ``3 * 4 * height`` pixels wide and always encodable. The image is resized to the tile before the
+    heat map is blended in, so a panel never allocates more than the input frame plus the panel itself. The strip
+    (black, ``max(16, height // 10)`` pixels) shows the score and label when given (shrunk to fit a narrow panel)
+    and is present either way, so panels of one run all have the same size and can be stacked into a grid.
+    Returns RGB uint8 ``[strip + height, 3 * tile_width, 3]``.
     """
     if int(height) != height or height < 8:
         raise ValueError(f"height must be an integer >= 8, got {height}")
     height = int(height)
-    img = _to_rgb(image_rgb)
+    img = _as_rgb_u8(image_rgb)
     h, w = img.shape[:2]
     tile_w = min(max(round(w * height / h), max(1, height // MAX_TILE_ASPECT)), height * MAX_TILE_ASPECT)
     amap_f = _check_amap(amap)
 
-    overlay = heatmap_overlay(img, amap_f, vmin=vmin, vmax=vmax, gt_mask=gt_mask)
-    tiles = [
-        _fit_height(img, height, tile_w, cv2.INTER_AREA),
-        _fit_height(overlay, height, tile_w, cv2.INTER_AREA),
-        colorize(_resize_map(amap_f, height, tile_w), vmin, vmax),
-    ]
+    content_h, content_w = _fit_size(h, w, height, tile_w)
+    small = img if (h, w) == (content_h, content_w) else cv2.resize(img, (content_w, content_h),
+                                                                    interpolation=cv2.INTER_AREA)
+    small = _to_rgb(small)
+    small_mask = None
+    if gt_mask is not None:
+        mask = np.asarray(gt_mask)
+        if mask.ndim == 3 and mask.shape[-1] == 1:
+            mask = mask[..., 0]
+        if mask.ndim != 2:
+            raise ValueError(f"gt_mask must be 2-D [H, W], got shape {mask.shape}")
+        small_mask = cv2.resize((mask != 0).astype(np.uint8), (content_w, content_h), interpolation=cv2.INTER_NEAREST)
+    small_map = _resize_map(amap_f, content_h, content_w)
+    overlay = heatmap_overlay(small, small_map, vmin=vmin, vmax=vmax, gt_mask=small_mask)
+    tiles = [_letterbox(t, height, tile_w) for t in (small, overlay, colorize(small_map, vmin, vmax))]
     body = np.concatenate(tiles, axis=1)
 
     strip_h = max(16, height // 10)

@@ -22,14 +22,16 @@ from typing import Any
 import cv2
 import numpy as np
 
-from fgad.core.io import IMAGE_EXTENSIONS, ImageReadError, read_image
+from fgad.core.io import IMAGE_EXTENSIONS, ImageReadError, quiet_opencv, read_image
 
 __all__ = [
+    "MAX_CAMERA_INDEX",
     "CameraSource",
     "FrameSource",
     "ImageSource",
     "SourceError",
     "VideoSource",
+    "check_camera_index",
     "expand_image_spec",
     "open_source",
 ]
@@ -40,6 +42,14 @@ FrameId = str | int
 Frame = tuple[FrameId, np.ndarray]
 
 _GLOB_CHARS = set("*?[")
+
+#: The largest camera index ``cv2.VideoCapture(index)`` treats as a device: from 100 on OpenCV reads the
+#: hundreds as a capture API (200 is V4L2 device 0), and a negative index or one beyond a C int crashes it or
+#: raises inside OpenCV. Indices are checked against ``0..MAX_CAMERA_INDEX`` before OpenCV sees them.
+MAX_CAMERA_INDEX = 99
+
+#: How to find the index of a camera, for the errors that name one.
+LIST_CAMERAS_HINT = "list the cameras with `v4l2-ctl --list-devices` or `ls /dev/video*` (index N is /dev/videoN)"
 
 
 class SourceError(Exception):
@@ -241,14 +251,15 @@ class CameraSource(_CaptureSource):
 
     def __init__(self, index: int, width: int | None = None, height: int | None = None) -> None:
         super().__init__()
-        self.index = int(index)
+        self.index = check_camera_index(index)
         self.description = f"camera {self.index}"
-        cap = cv2.VideoCapture(self.index)
+        with quiet_opencv():  # OpenCV's own warnings about the device would only repeat the error below
+            cap = cv2.VideoCapture(self.index)
         if not cap.isOpened():
             cap.release()
             raise SourceError(
                 f"camera {self.index} could not be opened; check that it is connected, that this user may use it "
-                "and that no other program holds it"
+                f"and that no other program holds it; {LIST_CAMERAS_HINT}"
             )
         if width:
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, int(width))
@@ -271,6 +282,15 @@ class CameraSource(_CaptureSource):
             logger.warning("%s: frame %d could not be read, skipping it", self.description, frame_id)
             if failures >= self.max_failures:
                 raise SourceError(f"{self.description} stopped delivering frames ({failures} failed reads in a row)")
+
+
+def check_camera_index(index: object) -> int:
+    """``index`` as a camera index OpenCV opens as a device (``0..MAX_CAMERA_INDEX``), or :class:`SourceError`."""
+    if isinstance(index, bool) or not isinstance(index, int | np.integer):
+        raise SourceError(f"camera index must be an integer 0..{MAX_CAMERA_INDEX}, got {index!r}; {LIST_CAMERAS_HINT}")
+    if not 0 <= int(index) <= MAX_CAMERA_INDEX:
+        raise SourceError(f"camera index {index} is out of range 0..{MAX_CAMERA_INDEX}; {LIST_CAMERAS_HINT}")
+    return int(index)
 
 
 def open_source(
