@@ -1,0 +1,124 @@
+"""Against a real tritonserver (nvidia-pytriton's binary) on 127.0.0.1: fgad-run's results over HTTP and gRPC,
+bad requests answered with errors while the server keeps serving, a reload after re-export without dropping
+in-flight requests. Every request has a timeout; the server is killed in the fixture's finaliser."""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.client import HTTPConnection
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fgad.runtime.pipeline import Detector
+from tests.triton.conftest import class_bundle
+
+pytestmark = [pytest.mark.triton, pytest.mark.timeout(300)]
+
+
+def _want(bundle_path: Path, images: list[np.ndarray]) -> list:
+    detector = Detector.from_bundle(bundle_path)
+    return [detector(image) for image in images]
+
+
+@pytest.mark.parametrize("model", ["fgad_tile", "fgad_disc"])
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_results_equal_the_runtime(served, images: list[np.ndarray], model: str, protocol: str) -> None:
+    from fgad.triton.client import Client
+
+    url = served.http_url if protocol == "http" else served.grpc_url
+    client = Client(url, model, timeout_s=30)
+    want = _want(served.bundles[model].path, images)
+    got = client.batch(images, batch_size=4)
+    for w, g in zip(want, got, strict=True):
+        assert abs(w.score - g.score) < 1e-5
+        assert abs(w.global_prob - g.global_prob) < 1e-5
+        assert (w.best_description, w.is_anomalous, w.threshold) == (g.best_description, g.is_anomalous,
+                                                                     g.threshold)
+        np.testing.assert_allclose(g.anomaly_map, w.anomaly_map, atol=1e-5)
+    client.close()
+
+
+def _healthy(served, images: list[np.ndarray]) -> None:
+    from fgad.triton.client import Client
+
+    client = Client(served.http_url, "fgad_tile", timeout_s=30)
+    want = _want(served.bundles["fgad_tile"].path, images[:1])[0]
+    assert abs(client(images[0]).score - want.score) < 1e-5
+
+
+def test_bad_requests_get_errors_and_the_server_keeps_serving(served, images: list[np.ndarray]) -> None:
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    http = httpclient.InferenceServerClient(served.http_url, network_timeout=30)
+    grpc = grpcclient.InferenceServerClient(served.grpc_url.removeprefix("grpc://"))
+    cases = [("FP32", np.zeros((1, 3, 16, 16), np.float32)),   # wrong shape
+             ("FP64", np.zeros((1, 3, 32, 32), np.float64)),   # wrong dtype
+             ("INT32", np.zeros((1, 3, 32, 32), np.int32))]
+    for mod, client in ((httpclient, http), (grpcclient, grpc)):
+        for dtype, array in cases:
+            tensor = mod.InferInput("image", list(array.shape), dtype)
+            tensor.set_data_from_numpy(array)
+            with pytest.raises(InferenceServerException):
+                client.infer("fgad_tile", [tensor], client_timeout=30) if mod is grpcclient else \
+                    client.infer("fgad_tile", [tensor], timeout=30_000_000)
+        with pytest.raises(InferenceServerException):
+            client.infer("fgad_nothing", [tensor])  # an unknown model
+    # garbage bytes: a binary request whose body is not what its header says
+    header = (b'{"inputs":[{"name":"image","shape":[1,3,32,32],"datatype":"FP32",'
+              b'"parameters":{"binary_data_size":12288}}]}')  # 12288 bytes announced, 100 sent
+    for body, headers in ((b"\x00\xffnot json at all" * 10, {}),
+                          (header + b"\x01" * 100, {"Inference-Header-Content-Length": str(len(header))})):
+        conn = HTTPConnection("127.0.0.1", served.http_port, timeout=30)
+        conn.request("POST", "/v2/models/fgad_tile/infer", body=body, headers=headers)
+        reply = conn.getresponse()
+        assert reply.status >= 400, reply.read()
+        conn.close()
+    assert http.is_server_live() and http.is_model_ready("fgad_tile")
+    _healthy(served, images)
+
+
+def test_reload_after_reexport_keeps_in_flight_requests(served, server_root: Path, images: list[np.ndarray]) -> None:
+    import tritonclient.http as httpclient
+
+    from fgad.triton.client import Client
+    from fgad.triton.repository import write_repository
+
+    old = _want(served.bundles["fgad_tile"].path, images[:1])[0].score
+    new_bundle = class_bundle(server_root / "tile-v2", "tile", refs_seed=21)
+    new = _want(new_bundle.path, images[:1])[0].score
+    assert abs(new - old) > 1e-4  # the re-export changes the result, so the reload is visible
+    errors: list[BaseException] = []
+    scores: list[float] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        client = Client(served.http_url, "fgad_tile", timeout_s=60)
+        while not stop.is_set():
+            try:
+                scores.append(client(images[0]).score)
+            except BaseException as exc:  # noqa: BLE001 - every failure is a lost request
+                errors.append(exc)
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    written = write_repository(served.repo, [new_bundle.path])
+    assert (written[0].name, written[0].version) == ("fgad_tile", 2)
+    admin = httpclient.InferenceServerClient(served.http_url, network_timeout=120)
+    admin.load_model("fgad_tile")  # explicit mode: the new version loads, then the old one drains and unloads
+    time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors[:3]
+    assert scores, "no request completed"
+    assert any(abs(s - old) < 1e-5 for s in scores) and abs(scores[-1] - new) < 1e-5
+    assert all(abs(s - old) < 1e-5 or abs(s - new) < 1e-5 for s in scores)
+    assert admin.get_model_metadata("fgad_tile")["versions"] == ["2"]
+    served.bundles["fgad_tile"] = new_bundle
