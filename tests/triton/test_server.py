@@ -122,3 +122,36 @@ def test_reload_after_reexport_keeps_in_flight_requests(served, server_root: Pat
     assert all(abs(s - old) < 1e-5 or abs(s - new) < 1e-5 for s in scores)
     assert admin.get_model_metadata("fgad_tile")["versions"] == ["2"]
     served.bundles["fgad_tile"] = new_bundle
+
+
+def test_fgad_run_with_triton_equals_fgad_run(served, tmp_path: Path, images: list[np.ndarray]) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from fgad.cli.run import main as run_main
+    from fgad.runtime.overlay import save_image_rgb
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, image in enumerate(images[:3]):
+        save_image_rgb(frames / f"{i}.png", image)
+    bundle = served.bundles["fgad_disc"].path
+    runner = CliRunner()
+    local = runner.invoke(run_main, ["--bundle", str(bundle), "--images", str(frames), "--jsonl",
+                                     str(tmp_path / "local.jsonl")])
+    assert local.exit_code == 0, local.output
+    for url in (served.http_url, served.grpc_url):
+        out = tmp_path / f"remote-{url.split(':')[0]}.jsonl"
+        remote = runner.invoke(run_main, ["--triton", url, "--model", "fgad_disc", "--images", str(frames),
+                                          "--jsonl", str(out)])
+        assert remote.exit_code == 0, remote.output
+        want = [json.loads(line) for line in (tmp_path / "local.jsonl").read_text().splitlines()]
+        got = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [w["frame"] for w in want] == [g["frame"] for g in got]
+        for w, g in zip(want, got, strict=True):
+            assert abs(w["score"] - g["score"]) < 1e-5
+            assert (w["best_description"], w["is_anomalous"]) == (g["best_description"], g["is_anomalous"])
+    refused = runner.invoke(run_main, ["--triton", served.http_url, "--model", "fgad_disc", "--bundle", str(bundle),
+                                       "--images", str(frames)])
+    assert refused.exit_code == 2 and "not with --triton" in refused.output

@@ -32,6 +32,13 @@ _INSTALL = "the Triton client needs tritonclient: pip install 'fgad[triton]'"
 RESULT_OUTPUTS = ("score", "anomaly_map", "global_prob", "best_description")
 
 
+class _RemoteName:
+    """What ``fgad-run`` prints as the backend of a remote model."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
 class TritonUnavailableError(RuntimeError):
     """The server cannot be reached, or the model is not ready there."""
 
@@ -101,6 +108,12 @@ class Client:
         self.threshold = threshold if threshold is not None else model_threshold
         self.output_names = [o["name"] for o in config.get("output", [])]
         self.class_name = params.get("fgad.class", model)
+        self.num_references = int(params.get("fgad.num_references") or 0)
+        self.backend = _RemoteName(f"triton {url} model {model}")
+
+    @property
+    def threshold_rule(self) -> str:
+        return "none" if self.threshold is None else "the model's fgad.threshold or given"
 
     # ---------------------------------------------------------------- raw tensors
 

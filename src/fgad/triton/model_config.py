@@ -170,6 +170,7 @@ def pipeline_config(name: str, manifest: Manifest, settings: ServeSettings, fing
     params = _common_params(manifest, "pipeline", settings, fingerprint)
     params["fgad.descriptions"] = descriptions_json(manifest)
     params["fgad.input"] = input_json(manifest)
+    params["fgad.num_references"] = str(manifest.fewshot.num_references)
     return {
         "name": name,
         "backend": "python",
@@ -246,8 +247,10 @@ def ensemble_config(name: str, manifest: Manifest, settings: ServeSettings, enco
     graph = list(manifest.outputs)
     params = {"fgad.class": manifest.class_name, "fgad.bundle_digest": manifest_digest(manifest.raw),
               "fgad.fingerprint": fingerprint, "fgad.descriptions": descriptions_json(manifest),
-              "fgad.input": input_json(manifest), "fgad.threshold": "" if _threshold(manifest, settings) is None
-              else repr(float(_threshold(manifest, settings)))}  # type: ignore[arg-type]
+              "fgad.input": input_json(manifest),
+              "fgad.num_references": str(manifest.fewshot.num_references)}
+    threshold = _threshold(manifest, settings)
+    params["fgad.threshold"] = "" if threshold is None else repr(float(threshold))
     results = [o["name"] for o in result_outputs(manifest, settings)]
     return {
         "name": name,

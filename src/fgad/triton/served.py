@@ -49,7 +49,8 @@ BUNDLE_DIR = "bundle"
 STEPS = ("pipeline", "post", "encoder")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _KNOWN = {"fgad.step", "fgad.class", "fgad.bundle_digest", "fgad.fingerprint", "fgad.threshold", "fgad.threads",
-          "fgad.knn", "fgad.strict", "fgad.trust", "fgad.descriptions", "fgad.fgad_version", "fgad.input"}
+          "fgad.knn", "fgad.strict", "fgad.trust", "fgad.descriptions", "fgad.fgad_version", "fgad.input",
+          "fgad.num_references"}
 
 
 @dataclass(frozen=True)
