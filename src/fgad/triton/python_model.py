@@ -11,9 +11,11 @@ config's ``parameters``, validated by :func:`fgad.triton.served.parse_params`:
 * ``fgad.step: encoder``: input ``image`` -> the graph's outputs with onnxruntime, a python-backend stand-in for
   the onnxruntime backend where a server has none.
 
-Tensors cross the backend boundary through DLPack, never ``as_numpy()``/``Tensor(name, array)``: the python
-backend stub of Triton 2.51 (the one in nvidia-pytriton 0.7) reads numpy 2 arrays with numpy 1's struct layout
-and returns wrong values silently; DLPack is correct with numpy 1 and 2.
+Under numpy 2, tensors cross the backend boundary through DLPack, never ``as_numpy()``/``Tensor(name, array)``:
+the python backend stub of Triton 2.51 (the one in nvidia-pytriton 0.7) reads numpy 2 arrays with numpy 1's
+struct layout and returns wrong values silently (an input ``[1, 2, 3]`` arrives as ``[1, 1, 1]``). DLPack is
+correct; that stub logs a harmless ``PyCapsule_GetPointer`` traceback per output tensor. Under numpy 1 (the NGC
+containers' python) the stub's own numpy path is used.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from fgad.triton.served import (
 __all__ = ["MODEL_PY", "TritonPythonModel", "result_arrays"]
 
 logger = logging.getLogger(__name__)
+#: numpy 2 arrays cannot go through the stub's numpy path (module docstring)
+_DLPACK = int(np.__version__.split(".")[0]) >= 2
 
 #: the whole text of every generated model.py
 MODEL_PY = (
@@ -96,9 +100,13 @@ class TritonPythonModel:
         tensor = self._pb.get_input_tensor_by_name(request, name)
         if tensor is None:
             raise ValueError(f"input {name!r} is missing")
+        if not _DLPACK:
+            return np.array(tensor.as_numpy())
         return np.array(np.from_dlpack(tensor))  # a copy: the request's memory is released after execute
 
     def _tensor(self, name: str, array: np.ndarray) -> Any:
+        if not _DLPACK:
+            return self._pb.Tensor(name, np.ascontiguousarray(array))
         return self._pb.Tensor.from_dlpack(name, np.ascontiguousarray(array).__dlpack__())
 
     # ---------------------------------------------------------------- execute
