@@ -46,10 +46,11 @@ test-runtime: $(RT_STAMP)
 
 # fgad on a real Triton server (127.0.0.1 only): the tritonserver binary of nvidia-pytriton, installed without its
 # dependencies (it declares numpy<2; fgad talks to its python backend through DLPack), and tritonclient.
+# The tiny-model bundles through the server (~3 min) are slow-marked: `make test-slow` after this target.
 test-triton: venv
 	$(PY) -m pip install -q -c constraints.txt -e '.[triton-test]'
 	$(PY) -m pip install -q -c constraints.txt --no-deps nvidia-pytriton
-	$(PY) -m pytest -q -p no:cacheprovider -m "triton or not triton" tests/triton
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not gpu" tests/triton
 
 lint: venv
 	$(PY) -m ruff check src tests cpp_ext/tools
