@@ -80,6 +80,14 @@ def test_bad_requests_get_errors_and_the_server_keeps_serving(served, images: li
         conn.close()
     assert http.is_server_live() and http.is_model_ready("fgad_tile")
     _healthy(served, images)
+    # the metrics port reports per model (requests refused before scheduling, as these, are not counted there)
+    conn = HTTPConnection("127.0.0.1", served.metrics_port, timeout=30)
+    conn.request("GET", "/metrics")
+    metrics = conn.getresponse().read().decode()
+    conn.close()
+    served_lines = [line for line in metrics.splitlines()
+                    if line.startswith("nv_inference_request_success") and 'model="fgad_tile"' in line]
+    assert served_lines and sum(float(line.rsplit(" ", 1)[1]) for line in served_lines) >= 1
 
 
 def test_reload_after_reexport_keeps_in_flight_requests(served, server_root: Path, images: list[np.ndarray]) -> None:
