@@ -168,7 +168,7 @@ class LocalServer:
         if getattr(self, "_log", None) is not None:
             self._log.close()
             self._log = None
-        if self._home is not None and self.log_path is not None:
+        if self._home is not None:  # the binaries' copy (and the log, unless log_path keeps it elsewhere)
             shutil.rmtree(self._home, ignore_errors=True)
             self._home = None
 

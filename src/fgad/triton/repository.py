@@ -119,6 +119,10 @@ def _recorded_digest(model_dir: Path, version: int) -> str | None:
 
 @contextmanager
 def _staging(repo: Path) -> Iterator[Path]:
+    if os.stat(repo.parent).st_dev != os.stat(repo).st_dev:
+        raise OSError(f"{repo} is a mount point: versions are staged beside it ({repo.parent}) and renamed into it, "
+                      "which needs one file system; mount the folder above the repository instead, or write the "
+                      "repository elsewhere and copy it")
     stage = repo.parent / f".{repo.name}.staging-{uuid.uuid4().hex[:12]}"
     stage.mkdir()
     try:
