@@ -12,7 +12,7 @@ response holds every output with the right shape and its score equals the local 
 
 Latency is per request, as the client sees it (serialization, network stack, queueing in the dynamic batcher,
 execution); throughput = served / wall time of the phase. Triton's own statistics (``/v2/models/.../stats``)
-give the number of executions, hence the mean batch the dynamic batcher formed.
+give the number of executions, hence the mean batch the dynamic batcher formed (for an ensemble, in its post step).
 
 By default the bundle is the hand-made bundle of ``tests/helpers/fake_bundle.py`` (64 px; a real ONNX graph with
 the bundle's outputs, no CLIP network): the figures then measure the serving path (Triton, the python backend,
@@ -141,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queue-delay-us", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads per instance")
     parser.add_argument("--protocols", default="http,grpc")
+    parser.add_argument("--forms", default="python,ensemble",
+                        help="repository forms to measure, each on its own server: python, ensemble (the encoder "
+                             "as a python-backend onnxruntime stand-in: nvidia-pytriton's server has no onnxruntime "
+                             "backend)")
     parser.add_argument("--timeout-s", type=float, default=60.0, help="per-request timeout")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -166,23 +170,29 @@ def main(argv: list[str] | None = None) -> int:
         expected = [detector(img).score for img in images]
         settings = ServeSettings(instances=args.instances, max_batch=args.max_batch,
                                  queue_delay_us=args.queue_delay_us, threads=args.threads)
-        write_repository(work / "repo", [bundle_path], settings=settings)
         model = model_name(detector.class_name)
         phases: dict[str, Any] = {}
-        with LocalServer(work / "repo", start_timeout_s=180, log_path=work / "server.log") as server:
-            for protocol in [p.strip() for p in args.protocols.split(",") if p.strip()]:
-                url = server.http_url if protocol == "http" else server.grpc_url
-                before = server_stats(server.http_url, model)
-                phase = run_phase(url, model, args.clients, args.requests, images, expected, args.timeout_s)
-                after = server_stats(server.http_url, model)
-                executions = after["execution_count"] - before["execution_count"]
-                inferences = after["inference_count"] - before["inference_count"]
-                phase["server"] = {"inferences": inferences, "executions": executions,
-                                   "mean_batch": round(inferences / executions, 2) if executions else None}
-                phases[protocol] = phase
-                print(f"{protocol}: {phase['served']}/{phase['sent']} served, {phase['throughput_rps']} req/s, "
-                      f"p50 {phase['latency_ms'].get('p50')} ms, p99 {phase['latency_ms'].get('p99')} ms, "
-                      f"mean batch {phase['server']['mean_batch']}", flush=True)
+        for form in [f.strip() for f in args.forms.split(",") if f.strip()]:
+            repo = work / f"repo-{form}"
+            write_repository(repo, [bundle_path], settings=settings, form=form, encoder="python")
+            # an ensemble does not batch itself: its post step shows the batches the dynamic batcher formed
+            batched = model if form == "python" else model_name(detector.class_name, "post")
+            with LocalServer(repo, start_timeout_s=180, log_path=work / f"server-{form}.log") as server:
+                for protocol in [p.strip() for p in args.protocols.split(",") if p.strip()]:
+                    url = server.http_url if protocol == "http" else server.grpc_url
+                    before = server_stats(server.http_url, batched)
+                    phase = run_phase(url, model, args.clients, args.requests, images, expected, args.timeout_s)
+                    after = server_stats(server.http_url, batched)
+                    executions = after["execution_count"] - before["execution_count"]
+                    inferences = after["inference_count"] - before["inference_count"]
+                    phase["server"] = {"inferences": inferences, "executions": executions,
+                                       "mean_batch": round(inferences / executions, 2) if executions else None}
+                    phase["form"], phase["protocol"] = form, protocol
+                    phases[f"{form}/{protocol}"] = phase
+                    print(f"{form} {protocol}: {phase['served']}/{phase['sent']} served, "
+                          f"{phase['throughput_rps']} req/s, p50 {phase['latency_ms'].get('p50')} ms, "
+                          f"p99 {phase['latency_ms'].get('p99')} ms, mean batch {phase['server']['mean_batch']}",
+                          flush=True)
     record = {
         "command": "python benchmarks/triton_load.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": _commit(), "cpu": _cpu(),
@@ -202,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
 def render(record: dict[str, Any]) -> str:
     s = record["settings"]
     lines = [
-        "## Triton load test (python form, whole pipeline in the server), cpu", "",
+        "## Triton load test, cpu", "",
         f"    {record['command']}", "",
         f"{record['created']}, commit {record['commit']}. {record['cpu']}; tritonserver 2.51 from nvidia-pytriton "
         f"{record['versions'].get('nvidia-pytriton')}, tritonclient {record['versions'].get('tritonclient')}, "
@@ -210,13 +220,17 @@ def render(record: dict[str, Any]) -> str:
         f"Bundle: {record['bundle']}, {record['input_size']} px. Server on 127.0.0.1: {s['instances']} instance(s), "
         f"max batch {s['max_batch']}, queue delay {s['queue_delay_us']} µs, {s['onnxruntime_threads']} onnxruntime "
         f"thread(s); clients and server share the machine. A request is served when its score equals the local "
-        "runtime's for the same image to 1e-5.", "",
-        "| protocol | clients x requests | served | lost | req/s | p50 ms | p90 ms | p99 ms | max ms | mean batch |",
-        "|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "runtime's for the same image to 1e-5. Forms: python = the whole pipeline in one python-backend model; "
+        "ensemble = encoder model (python-backend onnxruntime stand-in) -> python post step, Triton's ensemble "
+        "scheduler between them.", "",
+        "| form | protocol | clients x requests | served | lost | req/s | p50 ms | p90 ms | p99 ms | max ms | "
+        "mean batch |",
+        "|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for protocol, p in record["phases"].items():
+    for p in record["phases"].values():
         lat = p["latency_ms"]
-        lines.append(f"| {protocol} | {p['clients']} x {p['requests_per_client']} | {p['served']} | {p['lost']} | "
+        lines.append(f"| {p['form']} | {p['protocol']} | {p['clients']} x {p['requests_per_client']} | "
+                     f"{p['served']} | {p['lost']} | "
                      f"{p['throughput_rps']} | {lat.get('p50')} | {lat.get('p90')} | {lat.get('p99')} | "
                      f"{lat.get('max')} | {p['server']['mean_batch']} |")
     return "\n".join(lines) + "\n"
