@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     from fgad.triton.repository import write_repository
 
     rng = np.random.default_rng(0)
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="fgad-triton-load-") as work_dir:
         work = Path(work_dir)
         if args.bundle is None:
@@ -196,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "command": "python benchmarks/triton_load.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": _commit(), "cpu": _cpu(),
-        "versions": _versions(), "bundle": bundle_label, "input_size": detector.size,
+        "versions": _versions(), "bundle": bundle_label,
+        "load_average_1min": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
+        "input_size": detector.size,
         "settings": {"instances": args.instances, "max_batch": args.max_batch, "queue_delay_us": args.queue_delay_us,
                      "onnxruntime_threads": args.threads, "timeout_s": args.timeout_s},
         "phases": phases,
@@ -219,7 +222,9 @@ def render(record: dict[str, Any]) -> str:
         f"onnxruntime {record['versions'].get('onnxruntime')}, numpy {record['versions'].get('numpy')}.", "",
         f"Bundle: {record['bundle']}, {record['input_size']} px. Server on 127.0.0.1: {s['instances']} instance(s), "
         f"max batch {s['max_batch']}, queue delay {s['queue_delay_us']} µs, {s['onnxruntime_threads']} onnxruntime "
-        f"thread(s); clients and server share the machine. A request is served when its score equals the local "
+        f"thread(s); clients and server share the machine (1-minute load average "
+        f"{record['load_average_1min']['before']} before, {record['load_average_1min']['after']} after: other jobs "
+        "shared it too). A request is served when its score equals the local "
         "runtime's for the same image to 1e-5. Forms: python = the whole pipeline in one python-backend model; "
         "ensemble = encoder model (python-backend onnxruntime stand-in) -> python post step, Triton's ensemble "
         "scheduler between them.", "",

@@ -49,6 +49,17 @@ def server_dist() -> tuple[Path, Path]:
     return dist, libs
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the process that started the server dies (Linux), so a killed test
+    run or benchmark never leaves a server behind; elsewhere nothing (stop() still ends it)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class LocalServer:
     """``with LocalServer(repo) as server: server.http_url, server.grpc_url`` (module docstring).
 
@@ -124,7 +135,8 @@ class LocalServer:
             args += ["--model-control-mode=explicit", "--load-model=*"]
         log = open(self.log_path or self._home / "server.log", "wb")  # noqa: SIM115 - closed in stop()
         self._log = log
-        self._proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                      preexec_fn=_die_with_parent)
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             status = self._proc.poll()
