@@ -3,6 +3,7 @@ ensemble's post step in-process (no server needed)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ from fgad.bundle import BundleError, load_manifest
 from fgad.cli.triton import main as triton_cli
 from fgad.core.transforms import preprocess
 from fgad.runtime.pipeline import Detector
+from fgad.triton.model_config import ServeSettings
 from fgad.triton.python_model import MODEL_PY
 from fgad.triton.repository import latest_version, write_repository
 from fgad.triton.served import BUNDLE_DIR, load_post_detector, load_served_detector, parse_params
@@ -139,3 +141,30 @@ def test_cli_writes_the_repository(tmp_path: Path) -> None:
     assert params["max_batch_size"] == 4
     assert params["parameters"]["fgad.threshold"]["string_value"] == "0.5"
     assert json.loads(params["parameters"]["fgad.input"]["string_value"])["size"] == 32
+
+
+def test_signed_bundles_with_trust(tmp_path: Path) -> None:
+    pytest.importorskip("cryptography", reason="signatures need fgad[sign]")
+    from fgad.bundle.signing import generate_key_pair
+    from fgad.bundle.staging import sign_bundle
+
+    private, public = generate_key_pair(tmp_path / "keys" / "signing.pem")
+    _, other_public = generate_key_pair(tmp_path / "keys" / "other.pem")
+    signed = class_bundle(tmp_path / "a", "tile")
+    sign_bundle(signed.path, private)
+    unsigned = class_bundle(tmp_path / "b", "disc")
+    repo = tmp_path / "repo"
+    with pytest.raises(BundleError, match="not signed"):
+        write_repository(repo, [unsigned.path], trust=[public])
+    settings = ServeSettings(trust=(str(public.resolve()),))
+    write_repository(repo, [signed.path], trust=[public], settings=settings)
+    params = parse_params(_params(repo / "fgad_tile"))
+    assert params.trust == (str(public.resolve()),)
+    version = repo / "fgad_tile" / "1" / BUNDLE_DIR
+    assert (version / "manifest.sig").is_file()
+    assert load_served_detector(version, params).num_references == 3
+    # the server refuses the copy when the key it trusts did not sign it
+    other = dataclasses.replace(params, trust=(str(other_public.resolve()),))
+    with pytest.raises(BundleError, match="signature"):
+        load_served_detector(version, other)
+
