@@ -163,3 +163,43 @@ def test_fgad_run_with_triton_equals_fgad_run(served, tmp_path: Path, images: li
     refused = runner.invoke(run_main, ["--triton", served.http_url, "--model", "fgad_disc", "--bundle", str(bundle),
                                        "--images", str(frames)])
     assert refused.exit_code == 2 and "not with --triton" in refused.output
+
+
+def test_poll_mode_picks_up_a_reexport_without_errors(tmp_path: Path, images: list[np.ndarray]) -> None:
+    """A server polling the repository sees only complete versions: re-exports while clients run cost nothing."""
+    from fgad.triton.client import Client
+    from fgad.triton.local_server import LocalServer
+    from fgad.triton.repository import write_repository
+
+    repo = tmp_path / "repo"
+    bundles = [class_bundle(tmp_path / f"v{i}", "tile", refs_seed=30 + i) for i in range(3)]
+    write_repository(repo, [bundles[0].path])
+    expected = [_want(b.path, images[:1])[0].score for b in bundles]
+    errors: list[BaseException] = []
+    scores: list[float] = []
+    stop = threading.Event()
+    with LocalServer(repo, explicit=False, extra_args=("--model-control-mode=poll", "--repository-poll-secs=1"),
+                     log_path=tmp_path / "server.log") as server:
+
+        def hammer() -> None:
+            client = Client(server.http_url, "fgad_tile", timeout_s=60)
+            while not stop.is_set():
+                try:
+                    scores.append(client(images[0]).score)
+                except BaseException as exc:  # noqa: BLE001 - every failure is a lost request
+                    errors.append(exc)
+
+        threads = [threading.Thread(target=hammer) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for bundle, score in zip(bundles[1:], expected[1:], strict=True):
+            write_repository(repo, [bundle.path])
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not (scores and abs(scores[-1] - score) < 1e-5):
+                time.sleep(0.2)
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert not errors, errors[:3]
+    assert abs(scores[-1] - expected[2]) < 1e-5
+    assert all(min(abs(s - e) for e in expected) < 1e-5 for s in scores)
