@@ -4,10 +4,12 @@ nvidia-pytriton ships Triton's server binary (2.51 in pytriton 0.7) with the pyt
 backend stub per Python version. :class:`LocalServer` lays them out as Triton expects (the stub of this
 interpreter's version beside the backend), starts the binary directly on a model repository written by
 ``fgad-triton``, on free ports of 127.0.0.1 only, waits (bounded) until it is ready and always kills it on exit.
-The stub embeds libpython of the same minor version in isolated mode (``PYTHONPATH`` is ignored) and takes its
-packages from the environment of the ``python3`` first on ``PATH``. The server gets a small environment of its
-own whose one ``.pth`` file puts fgad's source first and then this interpreter's site-packages, so the server's
-models run this very fgad (also from a source checkout that is not the installed one).
+The stub links ``libpython3.X.so.1.0`` of this interpreter's minor version (this interpreter's own when it is a
+shared build, else the system's: ``apt-get install libpython3.11`` for Python 3.11), embeds it in isolated mode
+(``PYTHONPATH`` is ignored) and takes its packages from the environment of the ``python3`` first on ``PATH``.
+The server gets a small environment of its own whose one ``.pth`` file puts fgad's source first and then this
+interpreter's site-packages, so the server's models run this very fgad (also from a source checkout that is not
+the installed one).
 """
 
 from __future__ import annotations
@@ -47,6 +49,17 @@ def server_dist() -> tuple[Path, Path]:
     if not (dist / "bin" / "tritonserver").is_file():
         raise ImportError(f"{dist}: no tritonserver binary; {_INSTALL}")
     return dist, libs
+
+
+def _libpython_dir() -> str:
+    """The folder of this interpreter's shared libpython (the stub links ``libpython3.X.so.1.0``): the stub then
+    embeds this very Python rather than another build of the same minor version; "" when it has none (a static
+    build: the system's libpython3.X is used, and must be installed)."""
+    import sysconfig
+
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    name = f"libpython{sys.version_info[0]}.{sys.version_info[1]}.so.1.0"
+    return libdir if libdir and (Path(libdir) / name).is_file() else ""
 
 
 def _die_with_parent() -> None:
@@ -124,7 +137,8 @@ class LocalServer:
         _, libs = server_dist()
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         env = dict(os.environ)
-        env["LD_LIBRARY_PATH"] = ":".join(p for p in (str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
+        env["LD_LIBRARY_PATH"] = ":".join(p for p in (str(libs), _libpython_dir(), env.get("LD_LIBRARY_PATH", ""))
+                                          if p)
         env["PATH"] = f"{self._python_env()}:{env.get('PATH', '')}"
         args = [str(binary), f"--model-repository={self.repo}", f"--backend-directory={self._home / 'backends'}",
                 "--http-address=127.0.0.1", f"--http-port={self.http_port}",
