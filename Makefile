@@ -17,7 +17,7 @@ RT_VENV := .venv-runtime
 RT_PY   := $(RT_VENV)/bin/python
 RT_STAMP := $(RT_VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: venv demo test test-slow test-runtime lint typecheck clean cpp-ext
+.PHONY: venv demo test test-slow test-runtime test-triton lint typecheck clean cpp-ext
 
 venv: $(STAMP)
 
@@ -59,6 +59,14 @@ $(RT_STAMP): pyproject.toml constraints.txt
 test-runtime: $(RT_STAMP)
 	@! $(RT_PY) -c "import torch" 2>/dev/null || { echo "torch is importable in $(RT_VENV)"; exit 1; }
 	$(RT_PY) -m pytest -q -p no:cacheprovider tests/runtime tests/bundle tests/core
+
+# fgad on a real Triton server (127.0.0.1 only): the tritonserver binary of nvidia-pytriton, installed without its
+# dependencies (it declares numpy<2; fgad talks to its python backend through DLPack), and tritonclient.
+# The tiny-model bundles through the server (~3 min) are slow-marked: `make test-slow` after this target.
+test-triton: venv
+	$(PY) -m pip install -q -c constraints.txt -e '.[triton-test]'
+	$(PY) -m pip install -q -c constraints.txt --no-deps nvidia-pytriton
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not gpu" tests/triton
 
 lint: venv
 	$(PY) -m ruff check src tests cpp_ext/tools

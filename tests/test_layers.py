@@ -60,6 +60,7 @@ LAYERS: tuple[tuple[str, int, str], ...] = (
     # L3: data and calibration: no model code, only the contract, configs and primitives below.
     ("fgad.data.**", 3, "datasets and synthetic data; the model code above reads them"),
     ("fgad.calibration.**", 3, "INT8 calibration of a written bundle; reads bundles, never the exporter"),
+    ("fgad.triton.**", 3, "Triton model repositories of bundles and their client; serves the torch-free runtime"),
     # L4: the shared CLIP backbone the methods are built on.
     ("fgad.backbone.**", 4, "open_clip loading, dual path, deformable op, few-shot and post-processing"),
     # L5: method-independent export and evaluation, driven through the registry.
@@ -77,7 +78,7 @@ LAYERS: tuple[tuple[str, int, str], ...] = (
 RUNTIME_MAY_IMPORT: tuple[str, ...] = ("fgad", "fgad.core.**", "fgad.bundle.**", "fgad.runtime.**")
 
 #: Layers that must install and run from the base dependencies only.
-TORCH_FREE: tuple[str, ...] = ("fgad.core.**", "fgad.bundle.**", "fgad.runtime.**")
+TORCH_FREE: tuple[str, ...] = ("fgad.core.**", "fgad.bundle.**", "fgad.runtime.**", "fgad.triton.**")
 #: Third-party top-level packages of the train/export/detect extras.
 TRAINING_STACK: frozenset[str] = frozenset({"torch", "torchvision", "open_clip", "onnx", "onnxscript",
                                             "transformers"})

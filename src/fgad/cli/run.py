@@ -89,7 +89,7 @@ class _Fps:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path),
+@click.option("--bundle", "bundle_dir", default=None, type=click.Path(path_type=Path),
               help="Bundle folder written by fgad-export.")
 @click.option("--camera", type=click.IntRange(0, 99), default=None,
               help="Camera index N (/dev/videoN on Linux; list them with `v4l2-ctl --list-devices`).")
@@ -122,10 +122,15 @@ class _Fps:
 @click.option("--trust", "trust", multiple=True, type=click.Path(path_type=Path),
               help="Ed25519 public key (PEM) the bundle must be signed with; repeat for several. Refuses unsigned "
                    "and otherwise signed bundles. Needs fgad[sign].")
+@click.option("--triton", "triton_url", default=None,
+              help="Score on a Triton server instead of a local bundle: host:port (HTTP) or grpc://host:port; "
+                   "with --model (docs/fleet.md). Needs fgad[triton].")
+@click.option("--model", "triton_model", default=None, help="The server's model, fgad_<class> (with --triton).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging (also the libraries' INFO lines).")
 @friendly_errors
 def main(**options: Any) -> None:
-    """Score every frame of --camera, --video or --images with a bundle."""
+    """Score every frame of --camera, --video or --images with a bundle (or a model on a Triton server)."""
+    remote = _remote_model(options.get("triton_url"), options.get("triton_model"), options)
     settings = run_settings(options)
     check_outputs(("--jsonl", settings.output.jsonl_path, "append"), ("--save", settings.output.save_dir, "dir"))
     setup_logging(settings.verbose)
@@ -137,23 +142,50 @@ def main(**options: Any) -> None:
     from fgad.runtime.sources import SourceError
 
     try:
-        _run(settings.source, settings.detector, settings.output)
+        _run(settings.source, settings.detector, settings.output, remote)
     except (BundleError, SourceError, ImageReadError) as err:
         raise click.ClickException(str(err)) from err
 
 
-def _run(src: SourceSettings, det: DetectorSettings, out: OutputSettings) -> None:
+def _remote_model(url: str | None, model: str | None, options: dict[str, Any]) -> tuple[str, str] | None:
+    """(url, model) of --triton/--model, checked against --bundle and the options only a local bundle takes."""
+    if url is None and model is None:
+        if options.get("bundle_dir") is None:
+            raise click.UsageError("give --bundle DIR (or --triton URL --model NAME)")
+        return None
+    if url is None or model is None:
+        raise click.UsageError("--triton and --model go together")
+    local = [name for name, given in (("--bundle", options.get("bundle_dir") is not None),
+                                      ("--refs", options.get("refs") is not None),
+                                      ("--threshold auto", options.get("threshold") == "auto"),
+                                      ("--trust", bool(options.get("trust")))) if given]
+    if local:
+        raise click.UsageError(f"{', '.join(local)}: not with --triton (the server holds the bundle)")
+    return url, model
+
+
+def _run(src: SourceSettings, det: DetectorSettings, out: OutputSettings,
+         remote: tuple[str, str] | None = None) -> None:
     """The frame loop: every frame of the source through the detector, into the outputs; a summary at the end."""
     from fgad.core.outputs import LineWriter
     from fgad.runtime.pipeline import Detector
     from fgad.runtime.sources import open_source
 
-    detector = Detector.from_bundle(det.bundle_dir, refs=det.refs, backend=det.backend, threshold=det.threshold,
-                                    threads=det.threads, knn=det.knn, strict=det.strict, trust=det.trust or None)
+    if remote is not None:
+        from fgad.triton.client import Client, TritonUnavailableError
+
+        try:
+            detector: Any = Client(remote[0], remote[1], threshold=det.threshold)
+        except TritonUnavailableError as err:
+            raise click.ClickException(str(err)) from err
+    else:
+        detector = Detector.from_bundle(det.bundle_dir, refs=det.refs, backend=det.backend, threshold=det.threshold,
+                                        threads=det.threads, knn=det.knn, strict=det.strict, trust=det.trust or None)
     threshold_text = "none" if detector.threshold is None else f"{detector.threshold:.4f}"
     run_id = new_run_id()
     click.echo(
-        f"run {run_id}: bundle {det.bundle_dir} (class '{detector.class_name}', {detector.backend.name}, "
+        f"run {run_id}: {'bundle ' + str(det.bundle_dir) if remote is None else 'remote'} "
+        f"(class '{detector.class_name}', {detector.backend.name}, "
         f"{detector.size}px): {detector.num_references} reference images, threshold {threshold_text} "
         f"[{detector.threshold_rule}]",
         err=True,

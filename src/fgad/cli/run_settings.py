@@ -27,9 +27,9 @@ class SourceSettings:
 
 @dataclass(frozen=True)
 class DetectorSettings:
-    """The arguments of ``Detector.from_bundle``."""
+    """The arguments of ``Detector.from_bundle`` (or of ``fgad.triton.Client`` with ``triton_url``)."""
 
-    bundle_dir: Path
+    bundle_dir: Path | None
     refs: str | None = None
     threshold: float | str | None = None
     backend: str = "auto"
@@ -37,6 +37,8 @@ class DetectorSettings:
     knn: str = "auto"
     strict: bool = False  # refuse files the manifest does not list
     trust: tuple[Path, ...] = ()  # public keys the bundle must be signed with
+    triton_url: str | None = None  # --triton: a model on a Triton server instead of a local bundle
+    triton_model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,8 @@ def run_settings(options: Mapping[str, Any]) -> RunSettings:
     detector = DetectorSettings(bundle_dir=opts.pop("bundle_dir"), refs=opts.pop("refs"),
                                 threshold=opts.pop("threshold"), backend=opts.pop("backend"),
                                 threads=opts.pop("threads"), knn=opts.pop("knn"),
-                                strict=bool(opts.pop("strict")), trust=tuple(opts.pop("trust")))
+                                strict=bool(opts.pop("strict")), trust=tuple(opts.pop("trust")),
+                                triton_url=opts.pop("triton_url", None), triton_model=opts.pop("triton_model", None))
     output = OutputSettings(save_dir=opts.pop("save_dir"), jsonl_path=opts.pop("jsonl_path"),
                             show=bool(opts.pop("show")), max_frames=opts.pop("max_frames"),
                             log_every=opts.pop("log_every"))
