@@ -39,7 +39,7 @@ from fgad.cli.common import friendly_errors, setup_logging
               "server at every load. Repeatable.")
 @click.option("--no-warmup", is_flag=True, help="Leave model_warmup out of the configs.")
 @click.option("--force", is_flag=True, help="Write a new version even when the bundle equals the newest one.")
-@click.option("-v", "--verbose", is_flag=True)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging (also the libraries' INFO lines).")
 @friendly_errors
 def main(repo: Path, bundles: tuple[Path, ...], form: str, encoder: str, instances: int, kind: str,
          max_batch: int | None, queue_delay_us: int, threads: int | None, threshold: float | None,
