@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from fgad.cli.common import check_outputs, friendly_errors, setup_logging
+from fgad.cli.run_line import line_options, pop_line_settings
 from fgad.cli.run_settings import DetectorSettings, OutputSettings, SourceSettings, run_settings
 
 logger = logging.getLogger("fgad.run")
@@ -105,10 +106,16 @@ class _Fps:
 @click.option("--trust", "trust", multiple=True, type=click.Path(path_type=Path),
               help="Ed25519 public key (PEM) the bundle must be signed with; repeat for several. Refuses unsigned "
                    "and otherwise signed bundles. Needs fgad[sign].")
+@line_options
 @click.option("-v", "--verbose", is_flag=True)
 @friendly_errors
 def main(**options: Any) -> None:
-    """Score every frame of --camera, --video or --images with a bundle."""
+    """Score every frame of --camera, --video or --images with a bundle; with --source, --sink or --serve, many
+    sources batched into one engine, results to MQTT/webhooks, a live view (docs/line.md)."""
+    line = pop_line_settings(options)
+    if line.wanted:
+        _run_line(options, line)
+        return
     settings = run_settings(options)
     check_outputs(("--jsonl", settings.output.jsonl_path, "append"), ("--save", settings.output.save_dir, "dir"))
     setup_logging(settings.verbose)
@@ -122,6 +129,20 @@ def main(**options: Any) -> None:
     try:
         _run(settings.source, settings.detector, settings.output)
     except (BundleError, SourceError, ImageReadError) as err:
+        raise click.ClickException(str(err)) from err
+
+
+def _run_line(options: dict[str, Any], line: Any) -> None:
+    """The multi-source path (cli/run_line.py), with this command's logging and error reporting."""
+    from fgad.bundle import BundleError
+    from fgad.cli.run_line import run_line
+    from fgad.runtime.sources import SourceError
+
+    setup_logging(bool(options["verbose"]))
+    logging.getLogger("fgad").setLevel(logging.DEBUG if options["verbose"] else logging.INFO)
+    try:
+        run_line(options, line)
+    except (BundleError, SourceError) as err:
         raise click.ClickException(str(err)) from err
 
 
