@@ -16,7 +16,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[train,export,detect,plot,dev,sign]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[train,export,detect,plot,dev,sign,mqtt]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -36,7 +36,7 @@ test-slow: venv
 $(RT_STAMP): pyproject.toml constraints.txt
 	test -x $(RT_PY) || $(PYTHON) -m venv $(RT_VENV)
 	$(RT_PY) -m pip install -q --upgrade pip
-	$(RT_PY) -m pip install -q -c constraints.txt -e '.[sign]' pytest pytest-timeout onnx scipy scikit-learn
+	$(RT_PY) -m pip install -q -c constraints.txt -e '.[sign,mqtt]' pytest pytest-timeout onnx scipy scikit-learn
 	rm -f $(RT_VENV)/.installed-*
 	touch $@
 
