@@ -7,6 +7,7 @@ restart of the broker, as on a production broker. Tests using it skip, saying wh
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -32,6 +33,8 @@ class Broker:
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
             f"persistence_location {folder}/\nlog_dest file {folder}/mosquitto.log\n"
+            # started as root, mosquitto would switch to the user 'mosquitto', who cannot write the test's folder
+            f"user {getpass.getuser()}\n"
         )
         self.process: subprocess.Popen[bytes] | None = None
 

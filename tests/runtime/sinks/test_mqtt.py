@@ -14,6 +14,7 @@ import pytest
 
 from fgad.runtime.line.reader import SourceEvent
 from fgad.runtime.sinks import MqttSettings, MqttSink, SinkError, parse_mqtt_url
+from tests.runtime.line.conftest import no_thread_leak  # noqa: F401 - the fixture
 from tests.runtime.sinks.broker import MOSQUITTO, Broker
 from tests.runtime.sinks.helpers import line_result
 
@@ -41,8 +42,9 @@ class Subscriber:
         self.client.reconnect_delay_set(1, 1)
 
         def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-            for topic in topics:
-                client.subscribe(topic, qos=1)
+            if not flags.session_present:  # a restored session keeps its subscriptions and queued messages
+                for topic in topics:
+                    client.subscribe(topic, qos=1)
             self.connected.set()
 
         def on_message(client: Any, userdata: Any, message: Any) -> None:
@@ -73,7 +75,8 @@ def _wait(predicate, timeout: float = 20.0) -> bool:  # noqa: ANN001
     return False
 
 
-def test_every_frame_arrives_once_in_order_across_a_broker_restart(broker: Broker, tmp_path: Path) -> None:
+def test_every_frame_arrives_once_in_order_across_a_broker_restart(broker: Broker, tmp_path: Path,
+                                                                   no_thread_leak: None) -> None:  # noqa: F811
     subscriber = Subscriber(broker.port, ["line1/+/result"])
     sink = MqttSink(MqttSettings(port=broker.port, prefix="line1", spool_dir=tmp_path / "spool", heartbeat_s=0.5,
                                  close_timeout_s=10))
@@ -93,15 +96,23 @@ def test_every_frame_arrives_once_in_order_across_a_broker_restart(broker: Broke
         assert sink._spool is not None and sink._spool.pending_bytes > 0
         time.sleep(0.5)
         broker.start()
-        assert _wait(lambda: len({r["message_id"] for r in subscriber.results()}) == 50, 30)
-        sink.close()
+        arrived = _wait(lambda: len({r["message_id"] for r in subscriber.results()}) == 50, 30)
+        expected = {f"run1:{s}:{i}" for s in ("cam0", "st2") for i in range(25)}
+        missing = sorted(expected - {r["message_id"] for r in subscriber.results()})
+        assert arrived, (f"missing {missing}; sink connected {sink.connected}, subscriber connected "
+                         f"{subscriber.client.is_connected()}, spool {sink._spool.pending_bytes} bytes waiting, "
+                         f"{sink.connects} connects")
     finally:
+        sink.close()
         subscriber.close()
     results = subscriber.results()
     unique: dict[str, dict[str, Any]] = {}
     for r in results:
         unique.setdefault(r["message_id"], r)  # at least once: consumers deduplicate on message_id
-    assert len(unique) == 50 and len(results) - len(unique) <= 2
+    # a redelivery (by the sink after a lost PUBACK, or by the broker to the resumed subscriber) is a duplicate
+    # of the same message_id, never a different frame
+    assert len(unique) == 50
+    assert all(r == unique[r["message_id"]] for r in results)
     for source in ("cam0", "st2"):
         order = [r["frame_index"] for r in unique.values() if r["source"] == source]
         assert order == list(range(25)), source
@@ -111,7 +122,8 @@ def test_every_frame_arrives_once_in_order_across_a_broker_restart(broker: Broke
     assert next(r for r in unique.values() if r["source"] == "st2")["decision"] == "NG"
 
 
-def test_status_is_retained_with_a_heartbeat_and_offline_at_close(broker: Broker, tmp_path: Path) -> None:
+def test_status_is_retained_with_a_heartbeat_and_offline_at_close(broker: Broker, tmp_path: Path,
+                                                                  no_thread_leak: None) -> None:  # noqa: F811
     sink = MqttSink(MqttSettings(port=broker.port, prefix="line2", spool_dir=tmp_path / "spool", heartbeat_s=0.2))
     sink.open()
     assert _wait(lambda: sink.connected)

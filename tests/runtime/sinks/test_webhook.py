@@ -13,6 +13,7 @@ import pytest
 
 from fgad.runtime.line import Backoff
 from fgad.runtime.sinks import WebhookSettings, WebhookSink
+from tests.runtime.line.conftest import no_thread_leak  # noqa: F401 - the fixture
 from tests.runtime.sinks.helpers import line_result
 
 
@@ -66,8 +67,8 @@ def _wait(predicate, timeout: float = 10.0) -> bool:  # noqa: ANN001
     return False
 
 
-def test_every_result_is_posted_once_in_order_through_errors_and_an_outage(receiver: Receiver,
-                                                                          tmp_path: Path) -> None:
+def test_every_result_is_posted_once_in_order_through_errors_and_an_outage(
+        receiver: Receiver, tmp_path: Path, no_thread_leak: None) -> None:  # noqa: F811
     url = f"http://127.0.0.1:{receiver.port}/results"
     receiver.answers = [503, 429]  # the first message is retried through both, then accepted
     sink = WebhookSink(WebhookSettings(url, token="s3cret", spool_dir=tmp_path / "spool",
