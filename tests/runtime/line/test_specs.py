@@ -44,3 +44,16 @@ def test_bad_specs_name_the_text(text: str) -> None:
 def test_names_must_be_unique() -> None:
     with pytest.raises(ValueError, match="given twice"):
         parse_sources(["a=0", "a=1"])
+
+
+def test_a_pipeline_without_gstreamer_in_opencv_says_how_to_fix_it() -> None:
+    from fgad.runtime.line import gstreamer_available, open_spec
+    from fgad.runtime.sources import SourceError
+
+    spec = parse_source("csi0=videotestsrc num-buffers=3 ! videoconvert ! appsink")
+    if gstreamer_available():
+        with open_spec(spec) as source:
+            assert len(list(source)) == 3
+    else:
+        with pytest.raises(SourceError, match="JetPack's OpenCV"):
+            open_spec(spec)
