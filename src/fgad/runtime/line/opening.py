@@ -49,7 +49,7 @@ class GStreamerSource(FrameSource):
         while not self._closed and self._cap is not None:
             ok, frame = self._cap.read()
             if not ok or frame is None or not frame.size:
-                raise SourceError(f"{self.description} stopped delivering frames")
+                return  # end of stream (or the camera stopped): a live source is reopened by its reader
             yield frame_id, _to_rgb(frame)
             frame_id += 1
 
