@@ -120,7 +120,7 @@ def _sinks(options: Mapping[str, Any], line: LineCliSettings) -> list[Any]:
     sinks: list[Any] = []
     if options["jsonl_path"] is not None:
         sinks.append(JsonlSink(options["jsonl_path"]))
-    for i, url in enumerate(line.sinks):
+    for url in line.sinks:
         try:
             if url.startswith(("mqtt://", "mqtts://")):
                 settings = parse_mqtt_url(url, qos=line.mqtt_qos, heartbeat_s=line.mqtt_heartbeat,
@@ -131,10 +131,11 @@ def _sinks(options: Mapping[str, Any], line: LineCliSettings) -> list[Any]:
                 sinks.append(MqttSink(replace(settings, spool_dir=folder)))
             elif url.startswith(("http://", "https://")):
                 import os
+                from urllib.parse import urlsplit
 
+                folder = line.spool_dir / f"webhook-{urlsplit(url).netloc.replace(':', '-')}"
                 sinks.append(WebhookSink(WebhookSettings(url, token=os.environ.get("FGAD_WEBHOOK_TOKEN"),
-                                                         spool_dir=line.spool_dir / f"webhook-{i}",
-                                                         max_spool_bytes=max_bytes)))
+                                                         spool_dir=folder, max_spool_bytes=max_bytes)))
             elif url.startswith("jsonl:") or url.endswith(".jsonl"):
                 sinks.append(JsonlSink(url.removeprefix("jsonl:")))
             else:
@@ -171,6 +172,7 @@ def run_line(options: Mapping[str, Any], line: LineCliSettings) -> None:
     from fgad.cli.common import check_outputs
     from fgad.runtime.line import Line, LineError, LineSettings
     from fgad.runtime.pipeline import Detector
+    from fgad.runtime.sinks import SinkError
 
     for flag, name in (("--save", "save_dir"), ("--show", "show")):
         if options[name]:
@@ -218,7 +220,7 @@ def run_line(options: Mapping[str, Any], line: LineCliSettings) -> None:
     try:
         with _stop_on_signals(the_line.stop):
             summary = the_line.run()
-    except LineError as err:
+    except (LineError, SinkError) as err:  # a sink that failed while running, or could not be opened
         raise click.ClickException(str(err)) from err
     finally:
         if view is not None:

@@ -154,3 +154,23 @@ def test_url_settings_and_errors() -> None:
         MqttSettings(qos=3)
     with pytest.raises(SinkError, match="not open"):
         MqttSink(MqttSettings()).write(line_result("a", 0))
+
+
+def test_a_line_publishes_every_frame_of_every_source(broker: Broker, tmp_path: Path, shared_bundle: Any,
+                                                       good_dir: Path, no_thread_leak: None) -> None:  # noqa: F811
+    from fgad.runtime.line import Line, LineSettings
+    from fgad.runtime.pipeline import Detector
+
+    subscriber = Subscriber(broker.port, ["line3/+/result"])
+    try:
+        sink = MqttSink(MqttSettings(port=broker.port, prefix="line3", spool_dir=tmp_path / "spool"))
+        line = Line(Detector.from_bundle(shared_bundle.path), [f"a={good_dir}", f"b={good_dir}"], [sink],
+                    LineSettings(max_batch=4))
+        summary = line.run()  # close() publishes what is still spooled before it returns
+        assert _wait(lambda: len({r["message_id"] for r in subscriber.results()}) == summary.frames == 8)
+    finally:
+        subscriber.close()
+    topics = {topic for topic, _, _ in subscriber.messages}
+    assert topics == {"line3/a/result", "line3/b/result"}
+    for source in ("a", "b"):
+        assert sorted(r["frame_index"] for r in subscriber.results() if r["source"] == source) == [0, 1, 2, 3]
