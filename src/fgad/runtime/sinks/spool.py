@@ -1,7 +1,9 @@
 """An on-disk FIFO of messages waiting for delivery: what keeps results while a broker or server is down.
 
 Layout (one folder per sink): ``spool.jsonl``, one message per line, appended with ``os.write`` (every message
-is in the file before :meth:`Spool.append` returns; a crash loses none that were appended), and ``spool.offset``,
+is in the file before :meth:`Spool.append` returns: a crash of the process loses none that were appended; a
+power cut can lose what the kernel had not written to the disk yet, a few seconds at most, as no ``fsync`` is
+paid per frame), and ``spool.offset``,
 the byte offset of the first message not yet delivered, written atomically (temporary file, rename) at most
 every ``commit_interval_s`` and on close. After a crash the messages delivered since the last offset commit are
 delivered again; consumers deduplicate on the payload's ``message_id`` (at-least-once, in order).
