@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt
 	if $(PY) -c "import urllib.request as r; r.urlopen('$(TORCH_INDEX)/torch/', timeout=10)" 2>/dev/null; then \
 	  $(PY) -m pip install -q -c constraints.txt --extra-index-url $(TORCH_INDEX) torch torchvision; \
 	else echo "$(TORCH_INDEX) cannot be reached: torch and torchvision come from PyPI"; fi
-	$(PY) -m pip install -q -c constraints.txt -e '.[train,export,detect,plot,dev,sign]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[train,export,detect,plot,dev,sign,mqtt]'
 	$(PY) -c "import torchvision" 2>/dev/null || { \
 	  echo "torch and torchvision are different builds (no CPU torchvision from $(TORCH_INDEX)):" \
 	       "installing PyPI's matching pair torch $(TORCH_PIN) + torchvision $(VISION_PIN)"; \
@@ -52,7 +52,7 @@ test-slow: venv
 $(RT_STAMP): pyproject.toml constraints.txt
 	test -x $(RT_PY) || $(PYTHON) -m venv $(RT_VENV)
 	$(RT_PY) -m pip install -q --upgrade pip
-	$(RT_PY) -m pip install -q -c constraints.txt -e '.[sign]' pytest pytest-timeout onnx scipy scikit-learn
+	$(RT_PY) -m pip install -q -c constraints.txt -e '.[sign,mqtt]' pytest pytest-timeout onnx scipy scikit-learn
 	rm -f $(RT_VENV)/.installed-*
 	touch $@
 

@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from fgad.cli.common import check_outputs, friendly_errors, setup_logging
+from fgad.cli.run_line import line_options, pop_line_settings
 from fgad.cli.run_settings import DetectorSettings, OutputSettings, SourceSettings, run_settings
 
 logger = logging.getLogger("fgad.run")
@@ -126,10 +127,22 @@ class _Fps:
               help="Score on a Triton server instead of a local bundle: host:port (HTTP) or grpc://host:port; "
                    "with --model (docs/fleet.md). Needs fgad[triton].")
 @click.option("--model", "triton_model", default=None, help="The server's model, fgad_<class> (with --triton).")
+@line_options
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging (also the libraries' INFO lines).")
 @friendly_errors
 def main(**options: Any) -> None:
-    """Score every frame of --camera, --video or --images with a bundle (or a model on a Triton server)."""
+    """Score every frame of --camera, --video or --images with a bundle (or a model on a Triton server); with
+    --source, --sink or --serve, many sources batched into one engine, results to MQTT/webhooks, a live view
+    (docs/line.md)."""
+    line = pop_line_settings(options)
+    if line.wanted:
+        if options.get("triton_url") is not None or options.get("triton_model") is not None:
+            raise click.UsageError("--triton/--model: not with --source, --sink or --serve (a line runs a local "
+                                   "bundle; give --bundle DIR)")
+        if options.get("bundle_dir") is None:
+            raise click.UsageError("give --bundle DIR")
+        _run_line(options, line)
+        return
     remote = _remote_model(options.get("triton_url"), options.get("triton_model"), options)
     settings = run_settings(options)
     check_outputs(("--jsonl", settings.output.jsonl_path, "append"), ("--save", settings.output.save_dir, "dir"))
@@ -162,6 +175,20 @@ def _remote_model(url: str | None, model: str | None, options: dict[str, Any]) -
     if local:
         raise click.UsageError(f"{', '.join(local)}: not with --triton (the server holds the bundle)")
     return url, model
+
+
+def _run_line(options: dict[str, Any], line: Any) -> None:
+    """The multi-source path (cli/run_line.py), with this command's logging and error reporting."""
+    from fgad.bundle import BundleError
+    from fgad.cli.run_line import run_line
+    from fgad.runtime.sources import SourceError
+
+    setup_logging(bool(options["verbose"]))
+    logging.getLogger("fgad").setLevel(logging.DEBUG if options["verbose"] else logging.INFO)
+    try:
+        run_line(options, line)
+    except (BundleError, SourceError) as err:
+        raise click.ClickException(str(err)) from err
 
 
 def _run(src: SourceSettings, det: DetectorSettings, out: OutputSettings,

@@ -1,6 +1,6 @@
 """The torch-free edge runtime: backends, few-shot search, fusion, post-processing, Detector, sources, overlays.
 
-``from fgad.runtime import Detector, Result, open_source`` works; the names are loaded on first use, so
+``from fgad.runtime import Detector, Result, Line, open_source`` works; the names are loaded on first use, so
 ``import fgad.runtime`` itself stays cheap (no ONNX Runtime, no OpenCV until a detector or a source is made).
 """
 
@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from fgad.runtime.line import Line, LineSettings, SourceSpec
     from fgad.runtime.pipeline import Detector, Result
     from fgad.runtime.sources import SourceError, open_source
 
@@ -19,9 +20,12 @@ _LAZY = {
     "Result": "fgad.runtime.pipeline",
     "open_source": "fgad.runtime.sources",
     "SourceError": "fgad.runtime.sources",
+    "Line": "fgad.runtime.line",
+    "LineSettings": "fgad.runtime.line",
+    "SourceSpec": "fgad.runtime.line",
 }
 
-__all__ = ["Detector", "Result", "SourceError", "open_source"]
+__all__ = ["Detector", "Line", "LineSettings", "Result", "SourceError", "SourceSpec", "open_source"]
 
 
 def __getattr__(name: str) -> Any:
