@@ -68,6 +68,11 @@ DEFORM_CHOICES = ("decomposed", "native", "plugin", "onnx")
                    "PyTorch path only (fgad-eval) and is refused here.")
 @click.option("--bank", "banks", multiple=True, help="Extra description bank (JSON {class: [phrases]}).")
 @click.option("--opset", type=click.IntRange(16, None), default=DEFAULT_OPSET, show_default=True)
+@click.option("--knn", type=click.Choice(["runtime", "graph"]), default="runtime", show_default=True,
+              help="Where the few-shot search runs. runtime: fgad-run searches references.npz (FAISS or numpy; "
+                   "fgad-run --refs can replace it). graph: the reference memory becomes constants of the graph, "
+                   "which computes the nearest-reference similarities itself (TensorRT/onnxruntime, no FAISS on the "
+                   "device; needs --refs; new references need a new export). docs/bundle.md.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Bundle directory to write (required unless --bundle).")
 @click.option("--sign", "sign_key", type=click.Path(path_type=Path), default=None,
@@ -151,7 +156,8 @@ def _write_new_bundle(export: NewExport, refs_dir: Path | None,
     try:
         bundle = export_bundle(out_dir, model, model.cfg, class_name, refs, text_mode=text_mode,
                               deform=export_deform, checkpoint_meta=checkpoint_meta, opset=opset,
-                              approximation_images=measure_on, box_prior=box_prior, sign=sign)
+                              approximation_images=measure_on, box_prior=box_prior, sign=sign,
+                              fewshot_search=export.knn)
     except (ExportError, FileExistsError) as err:
         raise click.ClickException(str(err)) from err
     return bundle, refs
