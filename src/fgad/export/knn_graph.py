@@ -58,6 +58,8 @@ NOISE_IMAGES = 3
 NOISE_SEED = 0
 #: at most this many of the images to measure on join the parity inputs
 MEASURE_IMAGES = 8
+#: IR version of the standalone search graph (onnxruntime 1.18+ reads it)
+SEARCH_IR_VERSION = 9
 
 
 def _onnx() -> Any:
@@ -155,7 +157,8 @@ def search_model(banks: Mapping[int, np.ndarray], num_patches: int, opset: int =
         outputs.append(helper.make_tensor_value_info(knn_output(layer), onnx.TensorProto.FLOAT,
                                                      ["batch", num_patches]))
     graph = helper.make_graph(nodes, "fgad_knn_search", inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              ir_version=min(onnx.IR_VERSION, SEARCH_IR_VERSION))
     onnx.checker.check_model(model)
     return model
 
