@@ -174,6 +174,11 @@ def _report_new_bundle(bundle: Path) -> dict[str, Any]:
         if key.startswith("max_abs_diff_"):
             click.echo(f"  {key[len('max_abs_diff_'):]}: max |diff| {value:.3g}")
     click.echo(f"  best_description: {parity['best_description_mismatches']} mismatches")
+    if "knn_graph" in parity:
+        knn = parity["knn_graph"]
+        click.echo(f"few-shot search in the graph vs the runtime's search on {knn['images']} images: score max |diff| "
+                   f"{knn['max_abs_diff_score']:.3g}, map {knn['max_abs_diff_anomaly_map']:.3g}; threshold auto "
+                   f"(leave-one-out at export): {manifest['thresholds'].get('auto')}")
     approx = manifest["text"]["approximation"]
     click.echo(f"frozen text ({manifest['text']['mode']}, {manifest['text']['conditioning']}) vs the exact model: "
                f"anomaly map max {approx['max_abs_diff_anomaly_map']:.3g} "

@@ -70,13 +70,6 @@ def _onnx() -> Any:
     return onnx
 
 
-def _axes(onnx: Any, name: str, opset: int, node_inputs: list[str], inits: list[Any]) -> dict[str, Any]:
-    """``axes=[-1]`` of a Reduce node: an initializer input from opset 18 on (ReduceSum: 13), else an attribute."""
-    inits.append(onnx.numpy_helper.from_array(np.array([-1], dtype=np.int64), name))
-    node_inputs.append(name)
-    return {}
-
-
 def _layer_nodes(onnx: Any, tokens: str, output: str, bank: np.ndarray, opset: int, prefix: str
                  ) -> tuple[list[Any], list[Any]]:
     """Nodes and initializers computing ``output = max_m <normalize(tokens), bank[m]>`` (``bank``: [M, D] unit rows)."""
@@ -88,8 +81,9 @@ def _layer_nodes(onnx: Any, tokens: str, output: str, bank: np.ndarray, opset: i
 
     def reduce(op: str, x: str, out: str, keepdims: int) -> None:
         inputs = [x]
-        if (op == "ReduceSum" and opset >= 13) or opset >= 18:
-            _axes(onnx, f"{out}_axes", opset, inputs, inits)
+        if (op == "ReduceSum" and opset >= 13) or opset >= 18:  # axes as an initializer input
+            inits.append(onnx.numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{out}_axes"))
+            inputs.append(f"{out}_axes")
             nodes.append(helper.make_node(op, inputs, [out], keepdims=keepdims, name=out))
         else:
             nodes.append(helper.make_node(op, inputs, [out], axes=[-1], keepdims=keepdims, name=out))
