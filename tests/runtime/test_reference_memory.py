@@ -119,3 +119,11 @@ def test_numpy_search_runs_on_one_blas_thread(refs_bundle: FakeBundle, good_imag
     with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):  # BLAS's default on a 2-core machine
         detector(good_images[-1])
     assert _RecordingRows.seen and set(_RecordingRows.seen) == {1}
+
+
+def test_an_image_already_in_a_references_file_is_not_added_again(refs_bundle: FakeBundle,
+                                                                   good_images: list[np.ndarray]) -> None:
+    detector = Detector.from_bundle(refs_bundle.path)  # references.npz holds good_images[:3]
+    assert len(good_images) > 3
+    assert detector.add_references([good_images[1], good_images[-1]]) == 1
+    assert detector.num_references == 4

@@ -175,6 +175,8 @@ def environment() -> dict[str, Any]:
     """What the figures depend on: CPU count, BLAS, library versions."""
     info: dict[str, Any] = {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
                             "numpy": np.__version__}
+    with contextlib.suppress(OSError, AttributeError):
+        info["load_average_1_5_15_min"] = [round(v, 2) for v in os.getloadavg()]  # others' load on a shared machine
     with contextlib.suppress(ImportError):
         from threadpoolctl import threadpool_info
 

@@ -471,11 +471,13 @@ class Detector:
 
         kept_rows: list[dict[int, np.ndarray]] = []
         kept_names: list[str] = []
-        if not memory.is_empty:
+        if not memory.is_empty:  # every image in the memory, also those of a references file (N rows each)
+            n = self.manifest.num_patches
             rows = {layer: index.rows() for layer, index in memory.indexes.items()}
-            for ref in self._refs:
-                kept_rows.append({layer: r[ref.start : ref.stop] for layer, r in rows.items()})
-                kept_names.append(ref.name)
+            names = {ref.start // n: ref.name for ref in self._refs}
+            for i in range(memory.ntotal // n):
+                kept_rows.append({layer: r[i * n : (i + 1) * n] for layer, r in rows.items()})
+                kept_names.append(names.get(i, f"#{i} of the references file"))
         kept = []
         for item in staged:
             unit = {layer: normalize_rows(t) for layer, t in item[0].items()}
