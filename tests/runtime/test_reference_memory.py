@@ -103,7 +103,10 @@ class _RecordingRows(np.ndarray):
     def __rmatmul__(self, other: np.ndarray) -> np.ndarray:
         from threadpoolctl import threadpool_info
 
-        _RecordingRows.seen.append(max(lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"))
+        numpy_blas = [lib for lib in threadpool_info()  # numpy's own BLAS (faiss may bring another, unused here)
+                      if lib["user_api"] == "blas" and "numpy" in lib["filepath"]] or [
+                      lib for lib in threadpool_info() if lib["user_api"] == "blas"]
+        _RecordingRows.seen.append(max(lib["num_threads"] for lib in numpy_blas))
         return np.asarray(other) @ np.asarray(self)
 
 
