@@ -173,6 +173,8 @@ def _export(checkpoint: Path, refs: Path, out: Path, *extra: str) -> Path:
     result = CliRunner().invoke(export_main, ["--checkpoint", str(checkpoint), "--class-name", CLASS_NAME,
                                               "--refs", str(refs), "--out", str(out), *extra])
     assert result.exit_code == 0, result.output
+    if "graph" in extra:
+        assert "few-shot search in the graph vs the runtime's search" in result.output
     return out
 
 
