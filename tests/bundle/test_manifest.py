@@ -56,7 +56,7 @@ _DELETE = object()
 
 # (mutation of the manifest dict, field the error must name, words the message must contain)
 MANIFEST_CASES = [
-    (_set("format_version", 2), "format_version", "upgrade fgad"),
+    (_set("format_version", 99), "format_version", "upgrade fgad"),
     (_set("format_version", _DELETE), "format_version", "missing"),
     (_set("engine.kind", "openvino"), "engine.kind", "cannot run"),
     (_set("engine.file", _DELETE), "engine.file", "missing"),

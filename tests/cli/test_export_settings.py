@@ -146,6 +146,10 @@ def test_rebuild_hint() -> None:
     (["--bundle", "bun"], "Error: --bundle builds a TensorRT engine: give --engine fp32, fp16 or int8"),
     (["--class-name", "bottle"], "Error: missing --checkpoint, --out (or give --bundle DIR to build an existing "
                                  "bundle's engine)"),
+    (["--checkpoint", "ck", "--class-name", "bottle", "--out", "o", "--knn", "graph"],
+     "Error: --knn graph puts the reference memory into the graph: give the good images with --refs DIR"),
+    (["--bundle", "bun", "--engine", "fp16", "--knn", "graph"],
+     "Error: --bundle builds the engine of an existing bundle; --knn belong to a new export (use --out for that)"),
 ])
 def test_command_usage_errors(args: list[str], message: str) -> None:
     result = CliRunner().invoke(main, args)

@@ -155,8 +155,12 @@ def test_references_are_the_graphs_normalised_tokens(
     out, _ = cli_bundle
     with np.load(out / "references.npz", allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
-    assert sorted(arrays) == ["layer_2", "layer_4", "paths"]
+    assert sorted(arrays) == ["fingerprint", "layer_2", "layer_4", "paths"]
     assert list(arrays["paths"]) == [str(p) for p in reference["paths"]]
+    from fgad.bundle import load_manifest
+    from fgad.bundle.references import manifest_references_fingerprint
+
+    assert str(arrays["fingerprint"]) == manifest_references_fingerprint(load_manifest(out))
     with torch.no_grad():
         _, _, _, tok2, tok4 = reference["module"](reference["refs"])
     for key, tokens in (("layer_2", tok2), ("layer_4", tok4)):

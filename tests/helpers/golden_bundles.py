@@ -140,7 +140,7 @@ def _references_digest(bundle: Path) -> str | None:
     digest = hashlib.sha256()
     with np.load(path) as npz:
         for key in sorted(npz.files):
-            if key != "paths":
+            if key not in ("paths", "fingerprint"):  # metadata: where the images were, which model made them
                 digest.update(key.encode())
                 digest.update(np.ascontiguousarray(npz[key]).tobytes())
     return digest.hexdigest()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fgad.bundle.references import check_references
+from fgad.bundle.references import check_graph_search, check_references
 from fgad.bundle.shapes import check_box_prior, check_outputs
 from fgad.bundle.spec import MANIFEST_FILE, Manifest
 
@@ -20,3 +20,4 @@ def check_contents(manifest: Manifest, bundle_dir: str | os.PathLike[str]) -> No
     check_outputs(manifest, root / MANIFEST_FILE)
     check_box_prior(manifest, root / MANIFEST_FILE)
     check_references(manifest, root)
+    check_graph_search(manifest, root / MANIFEST_FILE)

@@ -19,6 +19,8 @@ from fgad.bundle.engine import parse_compute_capability
 from fgad.bundle.errors import REEXPORT, BundleError
 from fgad.bundle.spec import (
     DIGEST_FILE,
+    FEWSHOT_SEARCHES,
+    GRAPH_SEARCH_FORMAT_VERSION,
     MANIFEST_FILE,
     SUPPORTED_FORMAT_VERSIONS,
     BoxPriorSpec,
@@ -207,7 +209,14 @@ def _parse(data: Mapping[str, Any], where: str) -> Manifest:
         layers=tuple(int(v) for v in layers_raw),
         file=few.str_("file", None),
         num_references=few.int_("num_references", 0, minimum=0) or 0,
+        search=few.str_("search", "runtime") or "runtime",
     )
+    if fewshot.search not in FEWSHOT_SEARCHES:
+        raise few.fail("search", f"is {fewshot.search!r}, but this runtime knows {list(FEWSHOT_SEARCHES)}")
+    if fewshot.search == "graph" and (version < GRAPH_SEARCH_FORMAT_VERSION or not fewshot.layers
+                                      or fewshot.file or fewshot.num_references < 1):
+        raise few.fail("search", f"is 'graph': that needs format_version >= {GRAPH_SEARCH_FORMAT_VERSION}, "
+                       "fewshot.layers, fewshot.num_references >= 1 and no fewshot.file (the memory is in the graph)")
 
     post = top.obj("post")
     post_spec = PostSpec(
@@ -237,7 +246,8 @@ def _parse(data: Mapping[str, Any], where: str) -> Manifest:
     )
 
     thr = top.obj("thresholds", required=False)
-    thresholds = ThresholdSpec(image=thr.float_("image", None), rule=thr.str_("rule", None))
+    thresholds = ThresholdSpec(image=thr.float_("image", None), rule=thr.str_("rule", None),
+                               auto=thr.float_("auto", None))
 
     bp = top.obj("box_prior", required=False)
     bp_outputs = bp.raw("outputs", [])

@@ -12,8 +12,10 @@ __all__ = [
     "BOX_PRIOR_OUTPUTS",
     "DIGEST_FILE",
     "ENGINE_FILE",
+    "FEWSHOT_SEARCHES",
     "FORMAT_VERSION",
     "GRAPH_BOX_PRIORS",
+    "GRAPH_SEARCH_FORMAT_VERSION",
     "INPUT_NAME",
     "INTEGRITY_FILES",
     "MANIFEST_FILE",
@@ -22,9 +24,11 @@ __all__ = [
     "QDQ_FILE",
     "QUANTIZATION_REPORT_FILE",
     "REFERENCES_FILE",
+    "REFERENCES_FINGERPRINT_KEY",
     "REQUIRED_OUTPUTS",
     "SIGNATURE_FILE",
     "SUPPORTED_FORMAT_VERSIONS",
+    "knn_output",
     "token_output",
     "BoxPriorSpec",
     "EngineSpec",
@@ -42,12 +46,17 @@ __all__ = [
 
 #: The manifest format version writers write.
 FORMAT_VERSION = 1
+#: The version of a bundle whose graph searches the reference memory itself (``fewshot.search: "graph"``): a
+#: version-1 reader would ignore that field and silently run such a bundle zero-shot, so it must refuse it.
+GRAPH_SEARCH_FORMAT_VERSION = 2
 #: Manifest format versions this runtime understands.
-SUPPORTED_FORMAT_VERSIONS: tuple[int, ...] = (FORMAT_VERSION,)
+SUPPORTED_FORMAT_VERSIONS: tuple[int, ...] = (FORMAT_VERSION, GRAPH_SEARCH_FORMAT_VERSION)
 #: Files of a bundle folder.
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"  # the ONNX graph (fp32, or Q/DQ int8 in an int8 bundle)
-REFERENCES_FILE = "references.npz"  # few-shot memory: layer_<l> unit rows, paths
+REFERENCES_FILE = "references.npz"  # few-shot memory: layer_<l> unit rows, paths, fingerprint
+#: The array of a references file holding the fingerprint of the model and layers that made its rows.
+REFERENCES_FINGERPRINT_KEY = "fingerprint"
 ENGINE_FILE = "model.engine"  # a TensorRT plan
 QDQ_FILE = "model.qdq.onnx"  # the Q/DQ graph an int8 engine is built from
 PLUGIN_DIR = "plugins"  # TensorRT plugin libraries
@@ -67,11 +76,20 @@ REQUIRED_OUTPUTS: tuple[str, ...] = ("vl_map", "global_prob", "best_description"
 BOX_PRIOR_OUTPUTS: tuple[str, ...] = ("position", "region_weight")
 #: Box priors a bundle's graph can hold.
 GRAPH_BOX_PRIORS: tuple[str, ...] = ("none", "objectness")
+#: Where the few-shot search runs (``fewshot.search``): in the runtime against ``references.npz``, or inside the
+#: graph against its constant memory bank (``knn_<layer>`` outputs, fgad-export --knn graph).
+FEWSHOT_SEARCHES: tuple[str, ...] = ("runtime", "graph")
 
 
 def token_output(layer: int) -> str:
     """Name of the graph output holding the patch tokens of ``layer``."""
     return f"tokens_{layer}"
+
+
+def knn_output(layer: int) -> str:
+    """Name of the graph output holding ``max_m <t, m>`` of every patch of ``layer`` ([B, N], fewshot.search
+    "graph")."""
+    return f"knn_{layer}"
 
 
 Shape = tuple[int | None, ...]
@@ -111,7 +129,8 @@ class InputSpec:
 class FewshotSpec:
     layers: tuple[int, ...] = ()  # memory layers; each has a tokens_<layer> output
     file: str | None = None  # references.npz, relative to the bundle folder (None: zero-shot bundle)
-    num_references: int = 0  # k reference images stored in ``file``
+    num_references: int = 0  # k reference images stored in ``file`` (or in the graph)
+    search: str = "runtime"  # FEWSHOT_SEARCHES: "graph" = the memory bank is a constant of the graph
 
 
 @dataclass(frozen=True)
@@ -140,6 +159,7 @@ class TextSpec:
 class ThresholdSpec:
     image: float | None = None  # image-score threshold chosen at export (None: none recorded)
     rule: str | None = None  # how it was chosen
+    auto: float | None = None  # the "auto" (leave-one-out) threshold, computed at export (fewshot.search "graph")
 
 
 @dataclass(frozen=True)

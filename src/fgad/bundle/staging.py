@@ -100,9 +100,13 @@ def staged_bundle(out: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_references_npz(path: Path, tokens: Mapping[int, np.ndarray], paths: Sequence[Path]) -> None:
-    """``references.npz``: per layer the graph's ``tokens_<l>`` as unit float32 rows ``layer_<l>``, plus ``paths``."""
+def write_references_npz(path: Path, tokens: Mapping[int, np.ndarray], paths: Sequence[Path],
+                         fingerprint: str | None = None) -> None:
+    """``references.npz``: per layer the graph's ``tokens_<l>`` as unit float32 rows ``layer_<l>``, plus ``paths``
+    and the ``fingerprint`` of the model that made them (:func:`fgad.bundle.references.references_fingerprint`)."""
     arrays: dict[str, Any] = {}
+    if fingerprint is not None:
+        arrays["fingerprint"] = np.asarray(fingerprint, dtype=np.str_)
     for layer, t in tokens.items():
         rows = t.reshape(-1, t.shape[-1]).astype(np.float32)
         rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)  # exact unit rows

@@ -71,6 +71,11 @@ DEFORM_CHOICES = ("decomposed", "native", "plugin", "onnx")
 @click.option("--bank", "banks", multiple=True, help="Extra description bank (JSON {class: [phrases]}).")
 @click.option("--opset", type=click.IntRange(16, None), default=DEFAULT_OPSET, show_default=True,
               help="ONNX opset of model.onnx (--deform native needs 19 or later).")
+@click.option("--knn", type=click.Choice(["runtime", "graph"]), default="runtime", show_default=True,
+              help="Where the few-shot search runs. runtime: fgad-run searches references.npz (FAISS or numpy; "
+                   "fgad-run --refs can replace it). graph: the reference memory becomes constants of the graph, "
+                   "which computes the nearest-reference similarities itself (TensorRT/onnxruntime, no FAISS on the "
+                   "device; needs --refs; new references need a new export). docs/bundle.md.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Bundle directory to write (required unless --bundle).")
 @click.option("--sign", "sign_key", type=click.Path(path_type=Path), default=None,
@@ -154,7 +159,8 @@ def _write_new_bundle(export: NewExport, refs_dir: Path | None,
     try:
         bundle = export_bundle(out_dir, model, model.cfg, class_name, refs, text_mode=text_mode,
                               deform=export_deform, checkpoint_meta=checkpoint_meta, opset=opset,
-                              approximation_images=measure_on, box_prior=box_prior, sign=sign)
+                              approximation_images=measure_on, box_prior=box_prior, sign=sign,
+                              fewshot_search=export.knn)
     except (ExportError, FileExistsError) as err:
         raise click.ClickException(str(err)) from err
     return bundle, refs
@@ -171,6 +177,11 @@ def _report_new_bundle(bundle: Path) -> dict[str, Any]:
         if key.startswith("max_abs_diff_"):
             click.echo(f"  {key[len('max_abs_diff_'):]}: max |diff| {value:.3g}")
     click.echo(f"  best_description: {parity['best_description_mismatches']} mismatches")
+    if "knn_graph" in parity:
+        knn = parity["knn_graph"]
+        click.echo(f"few-shot search in the graph vs the runtime's search on {knn['images']} images: score max |diff| "
+                   f"{knn['max_abs_diff_score']:.3g}, map {knn['max_abs_diff_anomaly_map']:.3g}; threshold auto "
+                   f"(leave-one-out at export): {manifest['thresholds'].get('auto')}")
     approx = manifest["text"]["approximation"]
     click.echo(f"frozen text ({manifest['text']['mode']}, {manifest['text']['conditioning']}) vs the exact model: "
                f"anomaly map max {approx['max_abs_diff_anomaly_map']:.3g} "

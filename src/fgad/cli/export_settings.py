@@ -18,6 +18,7 @@ import click
 #: the export options' values when not given: ``--bundle`` refuses any other value
 DEFAULT_TEXT_MODE = "frozen"
 DEFAULT_OPSET = 19
+DEFAULT_KNN = "runtime"  # --knn: where the few-shot search runs (graph: inside the exported graph)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class NewExport:
     box_prior: str | None = None
     banks: tuple[str, ...] = ()
     opset: int = DEFAULT_OPSET
+    knn: str = DEFAULT_KNN
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ def export_settings(options: Mapping[str, Any]) -> ExportSettings:
     banks = tuple(opts.pop("banks"))
     opset: int = opts.pop("opset")
     sign_key: Path | None = opts.pop("sign_key")
+    knn: str = opts.pop("knn", DEFAULT_KNN)
     if opts:
         raise TypeError(f"export_settings: unknown options {', '.join(sorted(opts))}")
 
@@ -145,6 +148,8 @@ def export_settings(options: Mapping[str, Any]) -> ExportSettings:
         given = [name for name, value in (("--checkpoint", checkpoint), ("--class-name", class_name),
                                           ("--out", out_dir), ("--image-size", image_size), ("--box-prior", box_prior),
                                           ("--measure-on", measure_dir)) if value is not None]
+        if knn != DEFAULT_KNN:
+            given.append("--knn")
         if given or banks or text_mode != DEFAULT_TEXT_MODE or opset != DEFAULT_OPSET:
             what = ", ".join(given) or "the export options"
             raise click.UsageError(f"--bundle builds the engine of an existing bundle; {what} belong to a new "
@@ -160,6 +165,10 @@ def export_settings(options: Mapping[str, Any]) -> ExportSettings:
         raise click.UsageError(f"missing {', '.join(missing)} (or give --bundle DIR to build an existing bundle's "
                                "engine)")
     assert checkpoint is not None and class_name is not None and out_dir is not None
+    if knn == "graph" and refs_dir is None:
+        raise click.UsageError("--knn graph puts the reference memory into the graph: give the good images with "
+                               "--refs DIR")
     export = NewExport(checkpoint=checkpoint, class_name=class_name, out_dir=out_dir, text_mode=text_mode,
-                       image_size=image_size, measure_dir=measure_dir, box_prior=box_prior, banks=banks, opset=opset)
+                       image_size=image_size, measure_dir=measure_dir, box_prior=box_prior, banks=banks, opset=opset,
+                       knn=knn)
     return ExportSettings(engine=build, refs_dir=refs_dir, verbose=verbose, export=export, sign_key=sign_key)

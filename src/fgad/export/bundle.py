@@ -21,6 +21,7 @@ import torch
 
 from fgad import __version__
 from fgad.bundle.files import file_sha256 as sha256_file
+from fgad.bundle.references import references_fingerprint
 from fgad.bundle.spec import (
     FORMAT_VERSION,
     INPUT_NAME,
@@ -123,11 +124,20 @@ def _check_shapes(shapes: dict[str, list[int | None]], expected: dict[str, list[
 
 
 def _graph_references(
-    onnx_path: Path, images: torch.Tensor, layers: Sequence[int], paths: Sequence[Path], target: Path
-) -> None:
-    """``references.npz`` at ``target`` from the graph's own ``tokens_<l>`` for the reference ``images``."""
+    onnx_path: Path, images: torch.Tensor, layers: Sequence[int], paths: Sequence[Path], target: Path,
+    plan: ExportPlan, meta: dict[str, Any],
+) -> str:
+    """``references.npz`` at ``target`` from the graph's own ``tokens_<l>`` for the reference ``images``, with the
+    fingerprint of the model entry :func:`_model_entry` will write (returned, checked against it later)."""
     outputs = run_onnx(onnx_path, images.numpy())
-    write_references_npz(target, {layer: outputs[token_output(layer)] for layer in layers}, paths)
+    tokens = {layer: outputs[token_output(layer)] for layer in layers}
+    bb = plan.cfg.backbone
+    model = {"config": plan.cfg.name, "backbone": bb.model_name, "backbone_fingerprint": meta["backbone_fingerprint"],
+             "checkpoint_sha256": meta.get("checkpoint_sha256")}
+    fingerprint = references_fingerprint(model, {layer: t.shape[-1] for layer, t in tokens.items()}, bb.grid,
+                                         bb.image_size, bb.mean, bb.std)
+    write_references_npz(target, tokens, paths, fingerprint)
+    return fingerprint
 
 
 def _checkpoint_meta(checkpoint_meta: dict[str, Any] | None, model: Any) -> dict[str, Any]:
@@ -197,6 +207,7 @@ def write_bundle(
     external_data: bool | None = None,
     approximation_images: Sequence[str | os.PathLike[str]] | None = None,
     sign: SigningKeySpec = None,
+    fewshot_search: str = "runtime",
 ) -> Path:
     """Write ``plan`` into the bundle folder ``out_dir`` and return it.
 
@@ -205,10 +216,17 @@ def write_bundle(
     defective ones not among the references) on which the frozen graph's approximation is measured; default the
     parity inputs. ``external_data``: see :func:`~fgad.export.onnx_export.export_onnx` (``None``: only above
     2 GB). ``sign``: an Ed25519 private key (PEM file or :class:`~fgad.bundle.signing.SigningKey`) that signs the
-    manifest digest (``manifest.sig``). Raises :class:`~fgad.export.onnx_export.ExportParityError` (nothing
+    manifest digest (``manifest.sig``). ``fewshot_search="graph"``: the reference memory becomes a constant of
+    the graph, which then searches it itself (:mod:`fgad.export.knn_graph`; needs reference images).
+    Raises :class:`~fgad.export.onnx_export.ExportParityError` (nothing
     written) when onnxruntime and PyTorch disagree beyond ``tolerances``.
     """
     opset = DEFAULT_OPSET if opset is None else opset
+    if fewshot_search not in ("runtime", "graph"):
+        raise ValueError(f"fewshot_search must be 'runtime' or 'graph', got {fewshot_search!r}")
+    if fewshot_search == "graph" and not plan.reference_paths:
+        raise ExportError("--knn graph puts the reference memory into the graph: it needs reference images "
+                          "(--refs DIR)")
     out = Path(out_dir)
     check_target(out, MANIFEST_FILE)
     key = signing_key(sign)  # a bad key fails before the export
@@ -230,8 +248,11 @@ def write_bundle(
 
         fewshot: dict[str, Any] = {"layers": list(plan.fewshot_layers), "file": None, "num_references": 0,
                                    **plan.fewshot_entry}
+        meta = _checkpoint_meta(checkpoint_meta, plan.model)
+        fingerprint = None
         if ref_images is not None:
-            _graph_references(onnx_path, ref_images, plan.fewshot_layers, ref_paths, tmp / REFERENCES_FILE)
+            fingerprint = _graph_references(onnx_path, ref_images, plan.fewshot_layers, ref_paths,
+                                            tmp / REFERENCES_FILE, plan, meta)
             fewshot.update(file=REFERENCES_FILE, num_references=len(ref_paths))
         if plan.use_references is not None:
             plan.use_references(None if ref_images is None else ref_images.to(device), ref_paths)
@@ -247,7 +268,6 @@ def write_bundle(
         log.info("frozen graph vs exact model: %s", approximation)
 
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
-        meta = _checkpoint_meta(checkpoint_meta, plan.model)
         manifest: dict[str, Any] = {
             **_manifest_head(plan.class_name, opset, files, bb),
             "outputs": plan.expected_outputs,
@@ -262,8 +282,25 @@ def write_bundle(
             "parity": parity,
             "sha256": {name: sha256_file(tmp / name) for name in files},
         }
+        if fingerprint is not None:
+            _check_fingerprint(manifest, fingerprint)
         write_manifest(tmp, manifest, key)
+        if fewshot_search == "graph":
+            from fgad.export.knn_graph import search_in_graph
+
+            search_in_graph(tmp, ref_paths, approximation_images, key)
     return out
+
+
+def _check_fingerprint(manifest: dict[str, Any], fingerprint: str) -> None:
+    """The references' fingerprint is the one the runtime will compute from this manifest."""
+    bb_input = manifest["input"]
+    dims = {layer: manifest["outputs"][token_output(layer)][-1] for layer in manifest["fewshot"]["layers"]}
+    expected = references_fingerprint(manifest["model"], dims, manifest["grid"], bb_input["size"], bb_input["mean"],
+                                      bb_input["std"])
+    if expected != fingerprint:
+        raise ExportError("references.npz was fingerprinted with other model fields than the manifest records "
+                          "(a bug in the writer); nothing was written")
 
 
 def export_bundle(
@@ -282,6 +319,7 @@ def export_bundle(
     approximation_images: Sequence[str | os.PathLike[str]] | None = None,
     box_prior: str | None = None,
     sign: SigningKeySpec = None,
+    fewshot_search: str = "runtime",
 ) -> Path:
     """Export ``model`` for ``class_name`` into ``out_dir``: its method's plan, written by :func:`write_bundle`.
 
@@ -296,7 +334,7 @@ def export_bundle(
     plan = method.export_plan(model, class_name, refs, options)
     return write_bundle(out_dir, plan, checkpoint_meta=checkpoint_meta, opset=opset, thresholds=thresholds,
                         tolerances=tolerances, external_data=external_data, approximation_images=approximation_images,
-                        sign=sign)
+                        sign=sign, fewshot_search=fewshot_search)
 
 
 def resize_model(model: Any, image_size: int, pretrained: str | None) -> tuple[Any, dict[str, Any]]:

@@ -6,26 +6,38 @@ few-shot map is the mean of ``d`` over the memory layers.
 
 Search runs on FAISS (``IndexFlatIP``, exact; on the GPU when ``faiss.get_num_gpus() > 0``) when faiss is installed,
 or on a chunked numpy matmul otherwise. Both are exact maximum inner products in float32, so they agree to
-rounding (about 1e-7).
+rounding (about 1e-7). A bundle exported with ``fgad-export --knn graph`` runs the same search inside its graph
+(:mod:`fgad.export.knn_graph`); :func:`distance_from_similarities` turns either search's similarities into the map.
+
+Threads: the numpy search runs with :data:`SEARCH_THREADS` BLAS threads (threadpoolctl), not BLAS's default of one
+per core. The search is small and runs between engine calls; with as many BLAS threads as cores it is at the mercy
+of every other busy process (measured 63-95 ms per frame instead of 0.9 ms on a shared CPU: the threads wait for
+each other at every block). ``benchmarks/knn_search.py`` measures both, on an idle and on a busy CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import logging
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "DUPLICATE_SIMILARITY",
+    "SEARCH_THREADS",
     "SMALL_SEARCH",
     "FewShotMemory",
     "PatchMemoryIndex",
+    "blas_threads",
+    "distance_from_similarities",
+    "duplicate_of",
     "faiss_available",
     "max_similarity_numpy",
     "normalize_rows",
@@ -39,6 +51,38 @@ DEFAULT_CHUNK = 8192
 #: OpenMP's start-up inside FAISS costs more than the search (measured 14-25 ms for a 16 x 64 x 16 search on a
 #: 2-core machine when another OpenMP runtime, e.g. torch's, was loaded first; numpy took 0.3 ms). Results are the same.
 SMALL_SEARCH = 1 << 24
+#: BLAS threads of the numpy search (module docstring); None leaves BLAS's own setting
+SEARCH_THREADS: int | None = 1
+#: two reference images are duplicates when, at every memory layer, their tokens at the same patch position have a
+#: mean cosine similarity of at least this (identical images give 1 up to rounding; see :func:`duplicate_of`)
+DUPLICATE_SIMILARITY = 0.9999
+
+_blas: Any = None  # threadpoolctl's controller restricted to the BLAS libraries, made on first use (or False)
+
+
+def _blas_controller() -> Any:
+    global _blas
+    if _blas is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - a base dependency; without it BLAS keeps its default
+            logger.warning("threadpoolctl is not installed: the few-shot search uses BLAS's default threads "
+                           "(slow on a busy CPU); pip install threadpoolctl")
+            _blas = False
+        else:
+            _blas = ThreadpoolController().select(user_api="blas")
+    return _blas
+
+
+@contextlib.contextmanager
+def blas_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with at most ``threads`` BLAS threads (None: unchanged). Costs about 20 us per use."""
+    controller = _blas_controller() if threads is not None else False
+    if not controller:
+        yield
+        return
+    with controller.limit(limits=int(threads)):
+        yield
 
 
 def faiss_available() -> bool:
@@ -58,24 +102,61 @@ def max_similarity_numpy(
     rows: np.ndarray,
     chunk: int = DEFAULT_CHUNK,
     exclude: tuple[int, int] | None = None,
+    threads: int | None = SEARCH_THREADS,
 ) -> np.ndarray:
     """``max_m <q, rows[m]>`` for every query row, ``[Q, D] x [M, D] -> [Q]``, over chunks of ``chunk`` rows.
 
-    ``exclude=(start, stop)`` leaves the rows ``start:stop`` out of the maximum (leave-one-out).
+    ``exclude=(start, stop)`` leaves the rows ``start:stop`` out of the maximum (leave-one-out). ``threads``: BLAS
+    threads for the products (default :data:`SEARCH_THREADS`; None: BLAS's own setting).
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     best = np.full(queries.shape[0], -np.inf, dtype=np.float32)
     num_rows = rows.shape[0]
-    for start in range(0, num_rows, chunk):
-        stop = min(start + chunk, num_rows)
-        sim = queries @ rows[start:stop].T
-        if exclude is not None:
-            lo, hi = max(exclude[0], start) - start, min(exclude[1], stop) - start
-            if lo < hi:
-                sim[:, lo:hi] = -np.inf
-        np.maximum(best, sim.max(axis=1, initial=-np.inf), out=best)
+    with blas_threads(threads):
+        for start in range(0, num_rows, chunk):
+            stop = min(start + chunk, num_rows)
+            sim = queries @ rows[start:stop].T
+            if exclude is not None:
+                lo, hi = max(exclude[0], start) - start, min(exclude[1], stop) - start
+                if lo < hi:
+                    sim[:, lo:hi] = -np.inf
+            np.maximum(best, sim.max(axis=1, initial=-np.inf), out=best)
     return best
+
+
+def distance_from_similarities(similarities: Sequence[np.ndarray]) -> np.ndarray:
+    """The few-shot distance map: mean over layers of ``1 - max <t, m>`` (one ``[B, N]`` array per layer).
+
+    The one place this is computed, for the runtime's own search and for a graph that searches itself.
+    """
+    if not similarities:
+        raise ValueError("distance_from_similarities needs at least one layer")
+    total: np.ndarray | None = None
+    for sim in similarities:
+        dist = (np.float32(1.0) - np.asarray(sim, dtype=np.float32)).astype(np.float32, copy=False)
+        total = dist if total is None else total + dist
+    assert total is not None
+    return (total / np.float32(len(similarities))).astype(np.float32, copy=False)
+
+
+def duplicate_of(
+    candidate: Mapping[int, np.ndarray],
+    others: Sequence[Mapping[int, np.ndarray]],
+    threshold: float = DUPLICATE_SIMILARITY,
+) -> int | None:
+    """Index of the first of ``others`` that ``candidate`` duplicates, or None.
+
+    Each is one reference image's unit token rows per layer (``{layer: [N, D]}``). Two images are duplicates when,
+    at every layer, the mean over patch positions of the cosine similarity of their tokens *at the same position*
+    is at least ``threshold``. The same file twice, a copy, or the same picture saved again give 1 (up to
+    rounding); two photos of parts, even of one part taken twice, differ in every patch's noise and fall well
+    below. Duplicates defeat leave-one-out (a left-out reference still finds its twin in the memory).
+    """
+    for i, other in enumerate(others):
+        if all(float(np.mean(np.sum(candidate[layer] * other[layer], axis=-1))) >= threshold for layer in candidate):
+            return i
+    return None
 
 
 def _import_faiss() -> ModuleType:
@@ -98,6 +179,7 @@ class PatchMemoryIndex:
         use_gpu: True/False/None (GPU when faiss sees one); only with faiss.
         chunk: memory rows per block in the numpy search.
         small_search: see :data:`SMALL_SEARCH`; default: that value with ``use_faiss=None``, 0 otherwise.
+        threads: BLAS threads of the numpy search (default :data:`SEARCH_THREADS`; None: BLAS's own setting).
     """
 
     def __init__(
@@ -108,7 +190,11 @@ class PatchMemoryIndex:
         use_gpu: bool | None = None,
         chunk: int = DEFAULT_CHUNK,
         small_search: int | None = None,
+        threads: int | None = SEARCH_THREADS,
     ) -> None:
+        if threads is not None and (isinstance(threads, bool) or int(threads) != threads or threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        self.threads = None if threads is None else int(threads)
         if isinstance(dim, bool) or int(dim) != dim or dim < 1:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
         self.dim = int(dim)
@@ -233,12 +319,12 @@ class PatchMemoryIndex:
         if exclude is not None:
             if exclude[1] - exclude[0] >= self.ntotal:
                 raise ValueError("leave-one-out needs rows outside the excluded range")
-            best = max_similarity_numpy(queries, self.rows(), self.chunk, exclude)
+            best = max_similarity_numpy(queries, self.rows(), self.chunk, exclude, self.threads)
         elif self._index is not None and queries.shape[0] * self.ntotal * self.dim >= self.small_search:
             sims, _ = self._index.search(queries, 1)
             best = np.asarray(sims[:, 0], dtype=np.float32)
         else:
-            best = max_similarity_numpy(queries, self.rows(), self.chunk)
+            best = max_similarity_numpy(queries, self.rows(), self.chunk, threads=self.threads)
         return best.reshape(lead)
 
     def min_distance(self, tokens: np.ndarray, exclude: tuple[int, int] | None = None) -> np.ndarray:
@@ -325,22 +411,27 @@ class FewShotMemory:
         missing = [layer for layer in self.indexes if layer not in tokens]
         if missing:
             raise ValueError(f"tokens for memory layers {missing} are missing")
-        total: np.ndarray | None = None
-        for layer, index in self.indexes.items():
-            dist = index.min_distance(tokens[layer], exclude)
-            total = dist if total is None else total + dist
-        assert total is not None
-        return (total / np.float32(len(self.indexes))).astype(np.float32, copy=False)
+        return distance_from_similarities(
+            [index.max_similarity(tokens[layer], exclude) for layer, index in self.indexes.items()]
+        )
 
     def reset(self) -> None:
         for index in self.indexes.values():
             index.reset()
 
-    def save_npz(self, path: str | os.PathLike[str], paths: Iterable[str] = ()) -> None:
-        """Write the memory as a references file (``layer_<layer>`` arrays plus ``paths``)."""
+    def save_npz(
+        self, path: str | os.PathLike[str], paths: Iterable[str] = (), fingerprint: str | None = None
+    ) -> None:
+        """Write the memory as a references file (``layer_<layer>`` arrays, ``paths`` and, given, the
+        ``fingerprint`` of the model that made the rows: :func:`fgad.bundle.references.references_fingerprint`)."""
+        from fgad.bundle.spec import REFERENCES_FINGERPRINT_KEY
+        from fgad.core.atomic import atomic_path
+
         arrays: dict[str, np.ndarray] = {f"layer_{layer}": index.rows() for layer, index in self.indexes.items()}
         arrays["paths"] = np.asarray([str(p) for p in paths], dtype=np.str_)
-        with open(path, "wb") as fh:
+        if fingerprint is not None:
+            arrays[REFERENCES_FINGERPRINT_KEY] = np.asarray(fingerprint, dtype=np.str_)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
 
     def __repr__(self) -> str:

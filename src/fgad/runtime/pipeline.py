@@ -17,7 +17,12 @@ Thresholds
 * a number: used as given;
 * ``None``: ``thresholds.image`` of the manifest (chosen at export; ``None`` there means no decision is made);
 * ``"auto"``: the leave-one-out rule of :meth:`Detector.calibrate_threshold`, from the reference *images*
-  (``refs`` or :meth:`Detector.add_references`; at least 2). It is recomputed whenever references are added.
+  (``refs`` or :meth:`Detector.add_references`; at least 2). It is recomputed whenever references are added. A
+  bundle whose graph holds the memory (``fewshot.search: "graph"``) has it computed at export by the same rule
+  (``thresholds.auto``).
+
+References that duplicate one already in the memory (:func:`fgad.runtime.knn.duplicate_of`) are dropped, with a
+warning naming both: leave-one-out would otherwise find each one's twin and set the threshold far too low.
 """
 
 from __future__ import annotations
@@ -44,13 +49,15 @@ from fgad.bundle import (
     reference_keys,
 )
 from fgad.bundle.integrity import TrustSpec
+from fgad.bundle.references import check_references_fingerprint, manifest_references_fingerprint
+from fgad.bundle.spec import knn_output
 from fgad.core.cells import POSITIONS
 from fgad.core.io import ImageReadError, UnreadableImagesError, read_image
 from fgad.core.smoothing import upsample_align_corners
 from fgad.core.transforms import preprocess
 from fgad.runtime.backends import Backend, check_manifest, create_backend
 from fgad.runtime.fusion import FusionSpec, finish_maps
-from fgad.runtime.knn import FewShotMemory, max_similarity_numpy
+from fgad.runtime.knn import FewShotMemory, distance_from_similarities, duplicate_of, max_similarity_numpy
 
 __all__ = ["AUTO_MARGIN_FRACTION", "AUTO_MARGIN_MIN", "Detector", "Result"]
 
@@ -158,6 +165,7 @@ class Detector:
         self.size = manifest.input.size
         self.grid = manifest.grid
         self.layers = list(manifest.fewshot.layers)
+        self.graph_search = manifest.fewshot.search == "graph"  # the graph holds and searches the memory
         self.memory: FewShotMemory | None = None
         self._refs: list[_Reference] = []
         self._threshold: float | None = manifest.thresholds.image
@@ -209,9 +217,11 @@ class Detector:
         engine = create_backend(manifest, bundle_dir, backend, threads=threads)
         check_graph(manifest, engine.input_shapes, engine.output_shapes, str(bundle_dir / "manifest.json"))
         detector = cls(manifest, engine, knn=knn)
+        if refs is not None and detector.graph_search:
+            raise detector._graph_memory_error()
         if refs is None:
-            if manifest.fewshot.file:
-                detector.load_references_npz(bundle_dir / manifest.fewshot.file)
+            if manifest.fewshot.file:  # its fingerprint was checked with the bundle
+                detector.load_references_npz(bundle_dir / manifest.fewshot.file, check_fingerprint=False)
         elif isinstance(refs, str | os.PathLike) and os.fspath(refs).lower().endswith(".npz"):
             detector.load_references_npz(refs)
         else:
@@ -221,7 +231,20 @@ class Detector:
         detector.set_threshold(threshold)
         return detector
 
+    def _graph_memory_error(self) -> BundleError:
+        k = self.manifest.fewshot.num_references
+        return BundleError(
+            f"this bundle's graph holds its few-shot memory ({k} reference images, exported with fgad-export "
+            "--knn graph; manifest field 'fewshot.search' is 'graph'), so references cannot be given or added at "
+            "run time; re-export it with the new good images: fgad-export --checkpoint RUN --class-name "
+            f"{self.manifest.class_name or 'CLASS'} --refs NEW_GOOD_DIR --knn graph --out BUNDLE (or without --knn "
+            "graph for a bundle whose memory fgad-run --refs can replace)",
+            "fewshot.search",
+        )
+
     def _new_memory(self) -> FewShotMemory:
+        if self.graph_search:
+            raise self._graph_memory_error()
         if not self.layers:
             raise BundleError(
                 "field 'fewshot.layers' is empty: this bundle has no few-shot memory layers, so it cannot use "
@@ -237,9 +260,15 @@ class Detector:
         use_faiss = {"auto": None, "faiss": True, "numpy": False}[self.knn]
         return FewShotMemory(dims, use_faiss=use_faiss)
 
-    def load_references_npz(self, path: str | os.PathLike[str]) -> None:
-        """Replace the memory with the rows of a references file (bundle format: ``layer_<layer>`` arrays)."""
+    def load_references_npz(self, path: str | os.PathLike[str], *, check_fingerprint: bool = True) -> None:
+        """Replace the memory with the rows of a references file (bundle format: ``layer_<layer>`` arrays).
+
+        The file's fingerprint must be this bundle's (made by the same model and layers; docs/bundle.md); a file
+        without one (older fgad) loads with a warning.
+        """
         memory = self._new_memory()
+        if check_fingerprint:
+            check_references_fingerprint(self.manifest, path)
         keys = reference_keys(self.layers, list(npz_array_shapes(path)))
         if keys is None:
             wanted = ", ".join(f"layer_{layer}" for layer in self.layers)
@@ -272,7 +301,9 @@ class Detector:
 
     @property
     def num_references(self) -> int:
-        """Reference images in the memory (rows per layer / N)."""
+        """Reference images in the memory (rows per layer / N; the graph's, for a graph-search bundle)."""
+        if self.graph_search:
+            return self.manifest.fewshot.num_references
         if self.memory is None:
             return 0
         return self.memory.ntotal // self.manifest.num_patches
@@ -284,6 +315,9 @@ class Detector:
     @property
     def threshold_rule(self) -> str:
         """How the current threshold was chosen."""
+        if self._threshold_mode == "auto" and self.graph_search:
+            return (f"auto: leave-one-out over the {self.num_references} reference images in the graph, computed at "
+                    "export (thresholds.auto)")
         if self._threshold_mode == "auto":
             return (
                 f"auto: max leave-one-out score of {len(self._refs)} reference images + "
@@ -303,6 +337,12 @@ class Detector:
             self._threshold, self._threshold_mode = self.manifest.thresholds.image, "manifest"
             return
         if isinstance(threshold, str):
+            if threshold.strip().lower() == "auto" and self.graph_search:
+                if self.manifest.thresholds.auto is None:
+                    raise ValueError("threshold 'auto' needs at least 2 reference images; this bundle's graph holds "
+                                     f"{self.num_references}: give a number, or re-export with 2 or more --refs")
+                self._threshold, self._threshold_mode = self.manifest.thresholds.auto, "auto"
+                return
             if threshold.strip().lower() == "auto":
                 self._threshold = self.calibrate_threshold()
                 self._threshold_mode = "auto"
@@ -382,7 +422,10 @@ class Detector:
 
         All or nothing: every path is read, and if any cannot be,
         :class:`fgad.core.io.UnreadableImagesError` (an ``ImageReadError`` and a ``ValueError``) names each one
-        and the memory is left as it was (references define what is normal; none is dropped silently).
+        and the memory is left as it was (references define what is normal; none is dropped silently). An image
+        that duplicates a reference already in the memory or an earlier one of ``images``
+        (:func:`fgad.runtime.knn.duplicate_of`) is not added, with a warning naming both; the count returned
+        leaves it out.
         """
         items = list(images)
         n = self.manifest.num_patches
@@ -409,6 +452,7 @@ class Detector:
                                float(outs["global_prob"][j]), weight))
         if failures:
             raise UnreadableImagesError(failures, len(items), "reference images")
+        staged = self._without_duplicates(memory, staged)
         self.memory = memory
         for rows, name, vl, global_prob, weight in staged:
             first = memory.ntotal
@@ -418,6 +462,34 @@ class Detector:
         if recalibrate and self._threshold_mode == "auto" and added:
             self._threshold = self.calibrate_threshold()
         return added
+
+    def _without_duplicates(self, memory: FewShotMemory, staged: list[Any]) -> list[Any]:
+        """``staged`` without the images that duplicate a reference in ``memory`` or an earlier staged one."""
+        if not staged:
+            return staged
+        from fgad.runtime.knn import normalize_rows
+
+        kept_rows: list[dict[int, np.ndarray]] = []
+        kept_names: list[str] = []
+        if not memory.is_empty:  # every image in the memory, also those of a references file (N rows each)
+            n = self.manifest.num_patches
+            rows = {layer: index.rows() for layer, index in memory.indexes.items()}
+            names = {ref.start // n: ref.name for ref in self._refs}
+            for i in range(memory.ntotal // n):
+                kept_rows.append({layer: r[i * n : (i + 1) * n] for layer, r in rows.items()})
+                kept_names.append(names.get(i, f"#{i} of the references file"))
+        kept = []
+        for item in staged:
+            unit = {layer: normalize_rows(t) for layer, t in item[0].items()}
+            twin = duplicate_of(unit, kept_rows)
+            if twin is not None:
+                logger.warning("reference %s duplicates reference %s (identical features): left out, so that "
+                               "leave-one-out and the 'auto' threshold stay meaningful", item[1], kept_names[twin])
+                continue
+            kept.append(item)
+            kept_rows.append(unit)
+            kept_names.append(item[1])
+        return kept
 
     def clear_references(self) -> None:
         """Drop the few-shot memory (zero-shot from now on; an ``"auto"`` threshold is kept as it was)."""
@@ -459,11 +531,17 @@ class Detector:
         batch = self._preprocess(images)
         t1 = time.perf_counter()
         use_memory = self.memory is not None and not self.memory.is_empty
+        searched = [knn_output(layer) for layer in self.layers] if self.graph_search else []
         names = ["vl_map", "global_prob", "best_description"] + (self._token_names() if use_memory else [])
-        outs = self.backend.run(batch, names + self._prior_names())
+        outs = self.backend.run(batch, names + searched + self._prior_names())
         t2 = time.perf_counter()
         few = None
-        if use_memory:
+        if searched:  # the graph searched its own memory: the same distance map as the runtime's search
+            few = distance_from_similarities([np.asarray(outs[name], dtype=np.float32) for name in searched])
+            few = few.reshape(count, self.grid, self.grid)
+            if "region_weight" in outs:
+                few = self._weighted_few(few, outs["region_weight"])
+        elif use_memory:
             assert self.memory is not None
             tokens = {layer: self._tokens(outs, layer, count) for layer in self.layers}
             few = self.memory.min_distance(tokens).reshape(count, self.grid, self.grid)  # upsampled in finish_maps
@@ -527,7 +605,7 @@ class Detector:
         """Write the current memory as a references file (bundle format), e.g. to ship it in a bundle."""
         if self.memory is None or self.memory.is_empty:
             raise ValueError("there are no references to save")
-        self.memory.save_npz(path, [r.name for r in self._refs])
+        self.memory.save_npz(path, [r.name for r in self._refs], manifest_references_fingerprint(self.manifest))
 
     def __repr__(self) -> str:
         return (
