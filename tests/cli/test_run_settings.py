@@ -11,13 +11,17 @@ import pytest
 from click.testing import CliRunner
 
 from fgad.cli.run import main
+from fgad.cli.run_line import LINE_OPTIONS, pop_line_settings
 from fgad.cli.run_settings import DetectorSettings, OutputSettings, RunSettings, SourceSettings, run_settings
 
 
 def _params(args: list[str]) -> dict[str, Any]:
-    """The keyword arguments click passes to fgad-run's main for ``args``."""
+    """The keyword arguments click passes to fgad-run's main for ``args``, less the multi-source options that
+    main hands to the line (cli/run_line.py) before the single-stream settings are read."""
     with main.make_context("fgad-run", list(args)) as ctx:
-        return dict(ctx.params)
+        params = dict(ctx.params)
+    pop_line_settings(params)
+    return params
 
 
 def _settings(args: list[str]) -> RunSettings:
@@ -66,8 +70,13 @@ def test_exactly_one_source(sources: list[str], got: str) -> None:
 
 
 def test_the_builder_takes_exactly_the_commands_options() -> None:
+    with main.make_context("fgad-run", ["--bundle", "b", "--images", "i"]) as ctx:
+        everything = dict(ctx.params)
     params = _params(["--bundle", "b", "--images", "i"])
-    assert set(params) == {p.name for p in main.params}
+    assert set(everything) == {p.name for p in main.params}
+    # the line's options go to the line, every other option to run_settings
+    line_names = set(everything) - set(params)
+    assert line_names == set(LINE_OPTIONS)
     with pytest.raises(TypeError, match="unknown options fps"):
         run_settings({**params, "fps": 30})
     del params["knn"]
