@@ -62,7 +62,8 @@ all in one command and `python -m fgad.bench.gpucheck.publish` files its results
 machine `fgad-bench` times PyTorch eager fp32, fp16 and bf16 (autocast) and `torch.compile`, ONNX Runtime
 with the CUDA execution provider (with onnxruntime-gpu), and TensorRT fp32/fp16/int8 engines
 (`--backends torch,ort,trt --precisions fp32,fp16,int8`), records CUDA peak memory, driver and CUDA versions,
-and compares the FLOPs with the datasheet peaks of `fgad.bench.device.GPU_PEAKS` (H100, H200, Jetson Orin and Thor; dense, no sparsity).
+and compares the FLOPs with the datasheet peaks of `fgad.bench.device.GPU_PEAKS` (H100, H200, Jetson Orin
+and Thor; dense, no sparsity).
 """
 
 
