@@ -223,3 +223,31 @@ def test_make_gpu_check_dry_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
     readme = (tmp_path / "results" / "README.md").read_text()
     assert "<!-- h200/tiny/bench.json -->" in readme and "make gpu-check` run of" in readme
     assert "<!-- h200/gpu_check.md -->" in readme
+
+
+def test_layer_recorder_names_layers_over_the_fp16_range_per_precision() -> None:
+    import torch
+
+    from fgad.bench.gpucheck.fp16 import FP16_MAX, LayerRecorder, _distances
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    with torch.no_grad():
+        model[0].weight.fill_(1e5)
+        model[0].bias.zero_()
+    recorder = LayerRecorder()
+    recorder.attach(model)
+    recorder.attach(model)  # a second runner sharing the modules: hooked once
+    with torch.no_grad():
+        model(torch.ones(1, 4))
+        recorder.current = "bf16"
+        model(torch.full((1, 4), float("inf")))
+    recorder.close()
+    fp32 = recorder.max_abs["fp32"]
+    assert set(fp32) == {"0", "1", "2"} and fp32["0"] == pytest.approx(4e5)
+    over = {n for n, v in fp32.items() if v > FP16_MAX}
+    assert {"0", "1"} <= over  # the Linear and the ReLU that passes its 4e5 on
+    assert "0" in recorder.non_finite["bf16"] and "fp32" not in recorder.non_finite
+    ref = (torch.zeros(1, 2, 2), torch.zeros(1))
+    low = (torch.tensor([[[0.0, 0.5], [float("nan"), 0.0]]]), torch.tensor([0.25]))
+    d = _distances(ref, low)
+    assert d["non_finite"] == 1 and d["score_max_abs"] == pytest.approx(0.25) and d["map_max_abs"] == float("inf")

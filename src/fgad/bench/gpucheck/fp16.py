@@ -42,13 +42,24 @@ def parse_config(text: str) -> tuple[str, int | None]:
 
 
 class LayerRecorder:
-    """Forward hooks on every leaf module: the max |output| and whether any output was not finite."""
+    """Forward hooks on every leaf module: per precision, the max |output| and the modules with inf/NaN outputs.
 
-    def __init__(self, module: Any) -> None:
-        self.max_abs: dict[str, float] = {}
-        self.non_finite: set[str] = set()
-        self._handles = [m.register_forward_hook(self._hook(name)) for name, m in module.named_modules()
-                         if name and not any(True for _ in m.children())]
+    Set :attr:`current` to the precision whose forward runs next; several runners may share modules (on the
+    CPU they share the model's), so one recorder serves all of them and hooks each module once.
+    """
+
+    def __init__(self) -> None:
+        self.current = "fp32"
+        self.max_abs: dict[str, dict[str, float]] = {}
+        self.non_finite: dict[str, set[str]] = {}
+        self._hooked: set[int] = set()
+        self._handles: list[Any] = []
+
+    def attach(self, module: Any) -> None:
+        for name, m in module.named_modules():
+            if name and id(m) not in self._hooked and not any(True for _ in m.children()):
+                self._hooked.add(id(m))
+                self._handles.append(m.register_forward_hook(self._hook(name)))
 
     def _hook(self, name: str) -> Any:
         def hook(_module: Any, _inputs: Any, output: Any) -> None:
@@ -60,9 +71,10 @@ class LayerRecorder:
                     continue
                 finite = torch.isfinite(out)
                 if not bool(finite.all()):
-                    self.non_finite.add(name)
+                    self.non_finite.setdefault(self.current, set()).add(name)
                 value = float(out.detach().abs().where(finite, 0).amax())
-                self.max_abs[name] = max(self.max_abs.get(name, 0.0), value)
+                table = self.max_abs.setdefault(self.current, {})
+                table[name] = max(table.get(name, 0.0), value)
         return hook
 
     def close(self) -> None:
@@ -100,16 +112,18 @@ def study(config: str, image_size: int | None, device: str, precisions: Sequence
         work = synthetic_workload(Path(tmp), size, frames, shots, calib=1, seed=seed)
         runners = {p: TorchGraphRunner(model, text, device=device, precision=p) for p in ("fp32", *precisions)}
         x = runners["fp32"]._batch([read_image(p) for p in work.frames])
-        recorders = {p: LayerRecorder(r.module) for p, r in runners.items()}
+        recorder = LayerRecorder()
+        for runner in runners.values():
+            recorder.attach(runner.module)
         outputs: dict[int, dict[str, tuple[Any, Any]]] = {}
         for k in (0, shots):
             outputs[k] = {}
             for p, runner in runners.items():
+                recorder.current = p
                 runner.set_references(work.refs[:k])
                 outputs[k][p] = runner.forward(x)
-        for rec in recorders.values():
-            rec.close()
-    fp32 = recorders["fp32"].max_abs
+        recorder.close()
+    fp32 = recorder.max_abs["fp32"]
     headroom = sorted(((v / FP16_MAX, n) for n, v in fp32.items()), reverse=True)[:10]
     result: dict[str, Any] = {
         "config": f"{config}@{size}", "device": device, "frames": frames, "shots": [0, shots],
@@ -118,7 +132,7 @@ def study(config: str, image_size: int | None, device: str, precisions: Sequence
                       for k in outputs for p in precisions},
         "overflow_fp16": sorted(n for n, v in fp32.items() if v > FP16_MAX),
         "headroom": [{"module": n, "fp32_max_abs": fp32[n], "fraction_of_fp16_max": f} for f, n in headroom],
-        "non_finite_modules": {p: sorted(recorders[p].non_finite) for p in precisions},
+        "non_finite_modules": {p: sorted(recorder.non_finite.get(p, ())) for p in precisions},
         "modules_hooked": len(fp32),
     }
     del runners, model
