@@ -60,6 +60,7 @@ def _check_schema(result: dict[str, Any]) -> None:
         (["--config", "tiny-test", "--backends", "torch,onnx"], "choose from torch,ort,trt"),
         (["--config", "tiny-test", "--shots", "0,x"], "comma-separated counts"),
         (["--config", "tiny-test", "--precisions", "fp8"], "choose from fp32,fp16,bf16,int8"),
+        (["--config", "tiny-test", "--compile-precisions", "fp16"], "not among --precisions fp32"),
     ],
 )
 def test_bad_options_are_named(tmp_path: Path, args: list[str], message: str) -> None:

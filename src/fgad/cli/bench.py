@@ -111,7 +111,8 @@ def main(bundle_dir: Path | None, config_name: str | None, backends: tuple[str, 
          image_size: int | None, shots: tuple[int, ...], batch: int, frames: int, warmup: int, images: Path | None,
          refs: Path | None, calib: Path | None, calib_limit: int | None, calib_method: str, class_name: str | None,
          device: str,
-         threads: int | None, use_compile: bool, compile_precisions: tuple[str, ...] | None, torch_model: bool, deform: str, peak_tflops: float | None,
+         threads: int | None, use_compile: bool, compile_precisions: tuple[str, ...] | None, torch_model: bool,
+         deform: str, peak_tflops: float | None,
          seed: int, chart: bool, out_dir: Path, progress: bool, verbose: bool) -> None:
     """Time every backend x precision x shots configuration; write bench.json, bench.md, bench.png to OUT."""
     setup_logging(verbose)
