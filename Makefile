@@ -86,3 +86,16 @@ cpp-ext:
 
 clean:
 	rm -rf $(VENV) $(RT_VENV) $(OUT) .pytest_cache
+
+# ---- GPU check (docs/gpu.md). `make gpu-wheels` here (PyPI reachable) fetches the wheels a lent GPU machine
+# lacks into $(GPU_WHEELS) and checks them against the carry limit; `make gpu-check` there runs every GPU step
+# in one command (results in $OUT); `make gpu-check GPU_CHECK_DRY=1` is its CPU dry run (CUDA steps skipped).
+GPU_WHEELS   ?= .gpu-wheels
+GPU_CHECK_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+GPU_CHECK_DRY ?=
+.PHONY: gpu-wheels gpu-check
+gpu-wheels:
+	PYTHONPATH=src $(GPU_CHECK_PY) -m fgad.bench.gpucheck.wheels --dest $(GPU_WHEELS)
+
+gpu-check:
+	PYTHONPATH=src timeout -k 10 590 $(GPU_CHECK_PY) -u -m fgad.bench.gpucheck --wheels $(GPU_WHEELS) $(if $(filter-out 0,$(GPU_CHECK_DRY)),--dry)

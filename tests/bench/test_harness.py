@@ -204,3 +204,29 @@ def test_git_commit_of_this_checkout() -> None:
     if info["commit"] is None:
         pytest.skip("not a git checkout (source distribution)")
     assert re.fullmatch(r"[0-9a-f]{40}", info["commit"]) and isinstance(info["dirty"], bool)
+
+
+def test_bf16_peaks() -> None:
+    """bf16 runs at the fp16 tensor-core rate on the GPUs of the table; on a CPU only with AVX512-BF16."""
+    h200 = gpu_peak("NVIDIA H200", "bf16")
+    assert h200.flops_per_s == pytest.approx(989e12) == gpu_peak("NVIDIA H200", "fp16").flops_per_s
+    plain = cpu_info(_CPUINFO.format(vendor="GenuineIntel", family=6, flags="avx2 fma avx512f"), cores=1)
+    amx = cpu_info(_CPUINFO.format(vendor="GenuineIntel", family=6, flags="avx2 fma avx512f avx512_bf16"), cores=1)
+    assert cpu_peak(plain, "bf16").flops_per_s is None and "AVX512-BF16" in cpu_peak(plain, "bf16").source
+    assert cpu_peak(amx, "bf16").flops_per_s == pytest.approx(2 * cpu_peak(amx, "fp32").flops_per_s)
+
+
+def test_plan_rows_bf16_and_compile_precisions() -> None:
+    from fgad.bench.benchmark import BenchSpec, plan_rows
+
+    spec = BenchSpec(config="tiny-test", backends=("torch", "ort"), precisions=("fp32", "fp16", "bf16"),
+                     compile_precisions=("fp16",))
+    rows = {r.key: r for r in plan_rows(spec, "cuda")}
+    assert rows["torch-eager-bf16"].reason is None and rows["torch-eager-fp16"].reason is None
+    assert "torch-compile-fp16" in rows and "torch-compile-fp32" not in rows and "torch-compile-bf16" not in rows
+    assert "PyTorch only" in (rows["ort-session-bf16"].reason or "")
+    cpu_rows = {r.key: r for r in plan_rows(spec, "cpu")}
+    assert cpu_rows["torch-eager-bf16"].reason is None  # bf16 autocast runs on the CPU too
+    assert "CUDA only" in (cpu_rows["torch-eager-fp16"].reason or "")
+    with pytest.raises(ValueError, match="not among --precisions"):
+        BenchSpec(config="tiny-test", precisions=("fp32",), compile_precisions=("fp16",))

@@ -59,7 +59,8 @@ def _check_schema(result: dict[str, Any]) -> None:
         ([], "exactly one of --bundle or --config"),
         (["--config", "tiny-test", "--backends", "torch,onnx"], "choose from torch,ort,trt"),
         (["--config", "tiny-test", "--shots", "0,x"], "comma-separated counts"),
-        (["--config", "tiny-test", "--precisions", "bf16"], "choose from fp32,fp16,int8"),
+        (["--config", "tiny-test", "--precisions", "fp8"], "choose from fp32,fp16,bf16,int8"),
+        (["--config", "tiny-test", "--compile-precisions", "fp16"], "not among --precisions fp32"),
     ],
 )
 def test_bad_options_are_named(tmp_path: Path, args: list[str], message: str) -> None:

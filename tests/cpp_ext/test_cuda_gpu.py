@@ -8,6 +8,7 @@ fp32 and fp16 on the geometries of the CPU-build tests and on one MDCI-sized lay
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -30,6 +31,11 @@ FP16_ATOL = 1e-4
 def cuda_lib(deform_ctypes: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Any:
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device visible to PyTorch: the CUDA kernels cannot run here")
+    built = os.environ.get("FGAD_CUDA_LIB")
+    if built:
+        if not Path(built).is_file():
+            pytest.fail(f"FGAD_CUDA_LIB={built}: no such file (build it with cpp_ext/tools/bench_gpu.py --build DIR)")
+        return deform_ctypes.DeformLibrary(Path(built))
     if deform_ctypes.find_nvcc() is None:
         pytest.skip("nvcc not found: cannot build the CUDA kernels for this GPU")
     path: Path = deform_ctypes.build_cuda_library(tmp_path_factory.mktemp("cpp_ext_cuda"), ("native",))
@@ -51,6 +57,10 @@ def _run_cuda(lib: Any, deform_ctypes: ModuleType, case: Case, arrays: dict[str,
 
 
 MDCI_LIKE = Case(2, 96, 80, 37, 37, (7, 7), padding=(3, 3))  # several tiles on every axis, 4704 column rows
+#: every MDCI kernel shape (the heads' 1x1, 3x3, 5x5, 7x7, 1x5, 5x1, 'same' padding) at a reduced MDCI size
+MDCI_KERNEL_CASES = [Case(1, 72, 40, 24, 24, (kh, kw), padding=(kh // 2, kw // 2))
+                     for kh, kw in ((1, 1), (3, 3), (5, 5), (7, 7), (1, 5), (5, 1))]
+LONG_CASES = (MDCI_LIKE, *MDCI_KERNEL_CASES)
 #: For MDCI_LIKE the fp32 error is relative to the output scale: sampling positions are rounded to fp32
 #: (|y| ~ 40 -> ~4e-6 px) in every one of the 4704 terms. The CPU build of the same arithmetic measured
 #: max |diff| = 7.8e-4 at max |ref| = 282 (2.8e-6 relative), against this bound of 1e-5 relative.
@@ -58,7 +68,7 @@ LONG_REDUCTION_RTOL = 1e-5
 
 
 @pytest.mark.parametrize("algo_name", ["tiled", "direct"])
-@pytest.mark.parametrize("case", [*CASES, MDCI_LIKE], ids=case_id)
+@pytest.mark.parametrize("case", [*CASES, *LONG_CASES], ids=case_id)
 def test_cuda_matches_torch_op(cuda_lib: Any, deform_ctypes: ModuleType, case: Case, algo_name: str) -> None:
     algo = {"tiled": deform_ctypes.ALGO_TILED, "direct": deform_ctypes.ALGO_DIRECT}[algo_name]
     arrays = make_inputs(case)
@@ -66,7 +76,7 @@ def test_cuda_matches_torch_op(cuda_lib: Any, deform_ctypes: ModuleType, case: C
     got = _run_cuda(cuda_lib, deform_ctypes, case, arrays, half=False, algo=algo).double()
     assert got.shape == expected.shape
     assert not got.isnan().any(), "some outputs were never written"
-    bound = LONG_REDUCTION_RTOL * expected.abs().max().item() if case is MDCI_LIKE else FP32_ATOL
+    bound = LONG_REDUCTION_RTOL * expected.abs().max().item() if case in LONG_CASES else FP32_ATOL
     assert (got - expected).abs().max().item() <= bound
 
     arrays16 = {k: None if v is None else v.astype(np.float16).astype(np.float32) for k, v in arrays.items()}

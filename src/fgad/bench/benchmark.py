@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "fgad-bench/1"
 BACKENDS = ("torch", "ort", "trt")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+#: backends that time a bundle (the others run the PyTorch model and need no export)
+BUNDLE_BACKENDS = ("ort", "trt")
 #: the baselines every row's speedup is given against (same shots, same run)
 BASELINES = {"torch-eager-fp32": ("torch", "eager", "fp32"), "ort-fp32": ("ort", "session", "fp32")}
 
@@ -59,6 +61,7 @@ class BenchSpec:
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None
     compile: bool = True  # also time torch.compile
+    compile_precisions: tuple[str, ...] | None = None  # torch.compile only these (None: every precision)
     torch_model: bool = True  # also time FiLoPlusPlus.forward (text encoded per image)
     deform: str = "decomposed"
     seed: int = 0
@@ -75,6 +78,10 @@ class BenchSpec:
         bad = [p for p in self.precisions if p not in PRECISIONS]
         if bad or not self.precisions:
             raise ValueError(f"--precisions {','.join(self.precisions)}: choose from {','.join(PRECISIONS)}")
+        bad = [p for p in (self.compile_precisions or ()) if p not in self.precisions]
+        if bad:
+            raise ValueError(f"--compile-precisions {','.join(bad)}: not among --precisions "
+                             f"{','.join(self.precisions)}")
         if not self.shots or min(self.shots) < 0:
             raise ValueError(f"--shots must be a list of counts >= 0, got {list(self.shots)}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -126,10 +133,14 @@ def plan_rows(spec: BenchSpec, target: str) -> list[_Row]:
                     rows.append(_Row("torch", "eager", precision, "fp16 PyTorch is timed on CUDA only (no GPU)"))
                     continue
                 rows.append(_Row("torch", "eager", precision, no_model))
-                if spec.compile:
+                if spec.compile and (spec.compile_precisions is None or precision in spec.compile_precisions):
                     rows.append(_Row("torch", "compile", precision, no_model))
                 if spec.torch_model and precision == "fp32":
                     rows.append(_Row("torch", "model", precision, no_model))
+            elif precision == "bf16":
+                rows.append(_Row(backend, "session" if backend == "ort" else "engine", precision,
+                                 "bf16 is timed in PyTorch only (torch.autocast): fgad exports no bf16 bundle or "
+                                 "engine"))
             elif backend == "ort":
                 if precision == "fp16":
                     rows.append(_Row("ort", "session", precision, "no fp16 ONNX bundle: fp16 is a TensorRT "
@@ -238,9 +249,13 @@ def _run(spec: BenchSpec, work: Path) -> dict[str, Any]:
         if spec.images is None:
             workload = synthetic_workload(work / "data", cfg.backbone.image_size, spec.frames, max_shots,
                                           calib=spec.calib_limit or 16, seed=spec.seed)
-        t0 = time.perf_counter()
-        bundle = export_bundle(model, class_name, workload.refs, work / "bundle-fp32", deform=spec.deform)
-        timings["export_s"] = time.perf_counter() - t0
+        bundle = work / "bundle-fp32"
+        if any(b in BUNDLE_BACKENDS for b in spec.backends):
+            t0 = time.perf_counter()
+            bundle = export_bundle(model, class_name, workload.refs, bundle, deform=spec.deform)
+            timings["export_s"] = time.perf_counter() - t0
+        else:  # the torch rows run the model itself: an ONNX export (minutes at ViT-L size) would be unused
+            notes.append("no bundle exported: only the torch backend was asked for")
         from fgad.export.bundle import load_reference_images
         from fgad.methods.filo.frozen_text import freeze_text
 

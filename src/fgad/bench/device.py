@@ -13,7 +13,10 @@ Peak figures are **assumptions**, stated with every result:
   two 256-bit halves), 4 lanes otherwise. int8 (VNNI dot products): 4x fp32 with AVX-512 VNNI/AVX-VNNI,
   2x without. fp16: 2x fp32 only with AVX512-FP16, otherwise no peak (fp16 is not a CPU deployment target).
 * **GPU**: :data:`GPU_PEAKS`, dense (no structured sparsity) figures from NVIDIA's datasheets; fp32 is the
-  CUDA-core rate (PyTorch keeps TF32 off for matmul by default), fp16 and int8 the tensor-core rates.
+  CUDA-core rate (PyTorch keeps TF32 off for matmul by default), fp16, bf16 and int8 the tensor-core rates
+  (bf16 = fp16 on Ampere, Hopper and later tensor cores; the H200 SXM datasheet: 67 TFLOPS FP32,
+  1,979 TFLOPS FP16/BF16 and 3,958 TOPS INT8 *with sparsity*, so 989 / 989 / 1,979 dense).
+  bf16 has no CPU peak unless the CPU has AVX512-BF16 (then 2x fp32).
   Entries marked "estimate" are derived, not published; check them against the module's datasheet.
 """
 
@@ -75,6 +78,8 @@ GPU_PEAKS: dict[str, dict[str, tuple[float, str]]] = {
     "Orin": {"fp32": (5.3 * _TFLOPS, _ORIN), "fp16": (42.5 * _TFLOPS, _ORIN), "int8": (85 * _TFLOPS, _ORIN)},
     "Thor": {"fp32": (8.0 * _TFLOPS, _THOR), "fp16": (259 * _TFLOPS, _THOR), "int8": (517 * _TFLOPS, _THOR)},
 }
+for _table in GPU_PEAKS.values():  # the tensor cores' bf16 rate is their fp16 rate on every GPU above
+    _table["bf16"] = _table["fp16"]
 
 
 @dataclass(frozen=True)
@@ -187,8 +192,12 @@ def cpu_peak(cpu: CpuInfo, precision: str) -> PeakSpec:
         if "avx512_fp16" not in cpu.flags:
             return PeakSpec(name, precision, None, "no AVX512-FP16: fp16 has no CPU peak here")
         factor, note = 2, "; fp16 = 2x fp32 (AVX512-FP16)"
+    elif precision == "bf16":
+        if "avx512_bf16" not in cpu.flags:
+            return PeakSpec(name, precision, None, "no AVX512-BF16: bf16 has no CPU peak here")
+        factor, note = 2, "; bf16 = 2x fp32 (AVX512-BF16 dot products)"
     elif precision != "fp32":
-        raise ValueError(f"precision must be fp32, fp16 or int8, got {precision!r}")
+        raise ValueError(f"precision must be fp32, fp16, bf16 or int8, got {precision!r}")
     peak = cpu.cores * cpu.mhz * 1e6 * per_cycle * factor
     source = (f"assumption: {cpu.cores} cores x {cpu.mhz / 1000:.2f} GHz x {per_cycle} fp32 FLOPs/cycle "
               f"[{why}]{note}")

@@ -39,7 +39,9 @@ CHART_FILE = "bench.png"
 #: tables written by benchmarks/accuracy.py, included in the collected README as they are
 ACCURACY_FILE = "accuracy.md"
 #: Tables written by the other benchmark scripts, collected after the accuracy tables.
-OTHER_TABLES = ("int8_accuracy.md", "box_prior_ablation.md", "fgad_training.md", "soak.md")
+OTHER_TABLES = ("int8_accuracy.md", "box_prior_ablation.md", "fgad_training.md", "soak.md", "gpu_check.md")
+#: the writer named under a table, where it is not benchmarks/<stem>.py
+TABLE_WRITERS = {"fgad_training": "fgad-train / fgad-eval", "gpu_check": "make gpu-check (fgad.bench.gpucheck)"}
 #: A hand-written note beside a bench.json (how the run was made, what went wrong), shown under its heading.
 NOTE_FILE = "NOTE.md"
 PLOT_EXTRA_MESSAGE = "charts need matplotlib: pip install 'fgad[plot]'"
@@ -55,11 +57,13 @@ scores are not. Peak fractions compare analytic FLOPs with an *assumed* peak sta
 
 GPU_NOT_MEASURED = """## GPU: not measured
 
-No GPU was available for these results. The harness is ready for one: on a CUDA machine `fgad-bench` times
-PyTorch eager fp32 and fp16 and `torch.compile`, ONNX Runtime with the CUDA execution provider (with
-onnxruntime-gpu), and TensorRT fp32/fp16/int8 engines (`--backends torch,ort,trt --precisions fp32,fp16,int8`),
-records CUDA peak memory, driver and CUDA versions, and compares the FLOPs with the datasheet peaks of
-`fgad.bench.device.GPU_PEAKS` (H100, H200, Jetson Orin and Thor; dense, no sparsity).
+No GPU was available for these results. The harness is ready for one (`make gpu-check`, docs/gpu.md, runs it
+all in one command and `python -m fgad.bench.gpucheck.publish` files its results under `h200/`): on a CUDA
+machine `fgad-bench` times PyTorch eager fp32, fp16 and bf16 (autocast) and `torch.compile`, ONNX Runtime
+with the CUDA execution provider (with onnxruntime-gpu), and TensorRT fp32/fp16/int8 engines
+(`--backends torch,ort,trt --precisions fp32,fp16,int8`), records CUDA peak memory, driver and CUDA versions,
+and compares the FLOPs with the datasheet peaks of `fgad.bench.device.GPU_PEAKS` (H100, H200, Jetson Orin
+and Thor; dense, no sparsity).
 """
 
 
@@ -252,7 +256,7 @@ def collect(root: str | os.PathLike[str]) -> str:
             text = f"{heading}\n\n{note.read_text().strip()}\n{rest}"
         sections.append(f"<!-- {rel.as_posix()}/{JSON_FILE} -->\n" + text)
     tables = [(t, "benchmarks/accuracy.py") for t in sorted(base.rglob(ACCURACY_FILE))]
-    tables += [(t, f"benchmarks/{t.stem}.py" if t.stem != "fgad_training" else "fgad-train / fgad-eval")
+    tables += [(t, TABLE_WRITERS.get(t.stem, f"benchmarks/{t.stem}.py"))
                for name in OTHER_TABLES for t in sorted(base.rglob(name))]
     for table, writer in tables:
         name = table.relative_to(base).as_posix()

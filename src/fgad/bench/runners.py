@@ -4,8 +4,10 @@
   Runtime fp32 or int8, TensorRT), exactly what ``fgad-run`` does per frame, plus decode and overlay.
 * :class:`TorchGraphRunner`: the bundle's computation in PyTorch: the export module
   (:class:`~fgad.methods.filo.export_module.FiloExportModule`, text frozen as in the bundle) for the engine stage,
-  the few-shot search, fusion, smoothing and score in torch. Eager or ``torch.compile``; fp32, or fp16
-  on CUDA. Same weights and frozen text as the bundle, so ``torch / ort`` is the engine's gain.
+  the few-shot search, fusion, smoothing and score in torch. Eager or ``torch.compile``; fp32, or fp16 /
+  bf16 under ``torch.autocast`` (fp32 weights, matmuls and convolutions in the low precision: what a
+  mixed-precision deployment runs; fp16 on CUDA only, bf16 also on the CPU). Same weights and frozen text
+  as the bundle, so ``torch / ort`` is the engine's gain.
 * :class:`TorchModelRunner`: ``FiLoPlusPlus.forward`` as trained (the CoCoOp text encoded per image),
   for the gain of freezing the text.
 
@@ -25,7 +27,22 @@ from fgad.core.io import read_image
 from fgad.core.transforms import preprocess
 from fgad.runtime.overlay import heatmap_overlay
 
-__all__ = ["DetectorRunner", "TorchGraphRunner", "TorchModelRunner", "torch_sync"]
+__all__ = ["AUTOCAST_DTYPES", "DetectorRunner", "TorchGraphRunner", "TorchModelRunner", "autocast", "torch_sync"]
+
+#: the torch backend's precisions and the dtype ``torch.autocast`` runs them in (None: plain fp32)
+AUTOCAST_DTYPES = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}
+
+
+def autocast(device: str, precision: str) -> Any:
+    """``torch.autocast`` for ``precision`` on ``device`` ("fp32": a no-op context)."""
+    import contextlib
+
+    import torch
+
+    name = AUTOCAST_DTYPES[precision]
+    if name is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype=getattr(torch, name))
 
 
 def torch_sync(device: str) -> Any:
@@ -99,7 +116,7 @@ class TorchGraphRunner:
         model: the FiLo++ model the bundle was exported from (its blur and config are used).
         text: the frozen text of the bundle (:func:`fgad.methods.filo.frozen_text.freeze_text`).
         device: "cpu" or "cuda".
-        precision: "fp32", or "fp16" (CUDA only).
+        precision: "fp32", or "fp16" (CUDA only) / "bf16" under ``torch.autocast``.
         compile: wrap the graph module in ``torch.compile`` (compiled on the first call).
     """
 
@@ -111,18 +128,18 @@ class TorchGraphRunner:
 
         from fgad.methods.filo.export_module import FiloExportModule
 
-        if precision not in ("fp32", "fp16"):
-            raise ValueError(f"the torch backend runs fp32 or fp16, not {precision!r}")
+        if precision not in AUTOCAST_DTYPES:
+            raise ValueError(f"the torch backend runs {', '.join(AUTOCAST_DTYPES)}, not {precision!r}")
         if precision == "fp16" and device != "cuda":
             raise ValueError("fp16 PyTorch needs a CUDA device")
         self.torch = torch
         self.device = device
         self.cfg = model.cfg
-        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.precision = precision
         module = FiloExportModule(model, text).eval()
-        if precision == "fp16" or device != "cpu":
+        if device != "cpu":
             module = copy.deepcopy(module)
-        self.module = module.to(device=device, dtype=self.dtype)
+        self.module = module.to(device=device)
         self.blur = copy.deepcopy(model.blur).to(device) if device != "cpu" else model.blur
         self.graph = torch.compile(self.module) if compile else self.module
         self.memory: list[Any] | None = None
@@ -132,7 +149,10 @@ class TorchGraphRunner:
         return self.cfg.backbone
 
     def _batch(self, images: Sequence[np.ndarray]) -> Any:
-        return _torch_batch(self.torch, images, self._bb, self.device, self.dtype)
+        return _torch_batch(self.torch, images, self._bb, self.device)
+
+    def _autocast(self) -> Any:
+        return autocast(self.device, self.precision)
 
     def set_references(self, refs: Sequence[Path]) -> None:
         """Fill the memory with the normalised tokens the graph returns for ``refs`` (none: zero-shot)."""
@@ -141,25 +161,25 @@ class TorchGraphRunner:
         if not refs:
             self.memory = None
             return
-        with self.torch.no_grad():
+        with self.torch.no_grad(), self._autocast():
             outs = self.module(self._batch([read_image(p) for p in refs]))
         tokens = outs[3:]
         self.memory = [normalize_memory(t) for t in tokens]
 
-    def __call__(self, frames: Sequence[Path]) -> tuple[list[float], dict[str, float]]:
+    def forward(self, x: Any, timer: StageTimer | None = None) -> tuple[Any, Any]:
+        """Anomaly maps ``[B, H, W]`` and image scores ``[B]`` (fp32 tensors on the device) of a batch ``x``."""
         from fgad.backbone.fewshot import patch_min_distance
         from fgad.backbone.postprocess import upsample
 
         torch = self.torch
         bb = self._bb
-        timer = StageTimer(torch_sync(self.device))
-        images, x = _decode_and_batch(frames, timer, self._batch)
+        timer = timer or StageTimer(torch_sync(self.device))
         with torch.no_grad():
-            with timer("engine"):
+            with timer("engine"), self._autocast():
                 vl, prob, _best, *tokens = self.graph(x)
             few = None
             if self.memory is not None:
-                with timer("fewshot"):
+                with timer("fewshot"), self._autocast():
                     dist = torch.stack([patch_min_distance(t, m) for t, m in zip(tokens, self.memory, strict=True)])
                     dist = dist.mean(dim=0).float().unflatten(1, (bb.grid, bb.grid)).unsqueeze(1)
                     few = upsample(dist, bb.image_size, align_corners=True)[:, 0]
@@ -167,8 +187,15 @@ class TorchGraphRunner:
                 fused = vl.float() if few is None else (vl.float() + few) / 2.0
                 amap = self.blur(fused.unsqueeze(1))[:, 0]
                 score = 0.5 * (prob.float() + amap.flatten(1).amax(dim=1))
-                maps = amap.cpu().numpy()
-                scores = score.cpu().tolist()
+        return amap, score
+
+    def __call__(self, frames: Sequence[Path]) -> tuple[list[float], dict[str, float]]:
+        timer = StageTimer(torch_sync(self.device))
+        images, x = _decode_and_batch(frames, timer, self._batch)
+        amap, score = self.forward(x, timer)
+        with timer("post"):
+            maps = amap.cpu().numpy()
+            scores = score.cpu().tolist()
         _overlay(images, list(maps), timer)
         return scores, timer.ms
 

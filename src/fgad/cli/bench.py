@@ -68,7 +68,7 @@ def _shots(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
 @click.option("--backends", default="torch,ort", show_default=True, callback=_split,
               help="Comma-separated: torch, ort, trt.")
 @click.option("--precisions", default="fp32", show_default=True, callback=_split,
-              help="Comma-separated: fp32, fp16, int8.")
+              help="Comma-separated: fp32, fp16, bf16, int8 (torch fp16/bf16: torch.autocast; bf16 is torch-only).")
 @click.option("--image-size", type=click.IntRange(min=1), default=None,
               help="Input size (--config: overrides the variant's; --bundle: must match it).")
 @click.option("--shots", default="0,4", show_default=True, callback=_shots,
@@ -93,6 +93,9 @@ def _shots(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads of torch and onnxruntime.")
 @click.option("--compile/--no-compile", "use_compile", default=True, show_default=True,
               help="Also time torch.compile of the graph (the first call compiles; failures are recorded).")
+@click.option("--compile-precisions", default=None, callback=lambda c, p, v: None if v is None else _split(c, p, v),
+              help="torch.compile only these of --precisions (default: all; compiling takes a minute per row at "
+                   "ViT-L size).")
 @click.option("--torch-model/--no-torch-model", default=True, show_default=True,
               help="Also time FiLoPlusPlus.forward as trained (CoCoOp text encoded per image).")
 @click.option("--deform", type=click.Choice(["decomposed", "onnx"]), default="decomposed", show_default=True,
@@ -110,7 +113,8 @@ def main(bundle_dir: Path | None, config_name: str | None, backends: tuple[str, 
          image_size: int | None, shots: tuple[int, ...], batch: int, frames: int, warmup: int, images: Path | None,
          refs: Path | None, calib: Path | None, calib_limit: int | None, calib_method: str, class_name: str | None,
          device: str,
-         threads: int | None, use_compile: bool, torch_model: bool, deform: str, peak_tflops: float | None,
+         threads: int | None, use_compile: bool, compile_precisions: tuple[str, ...] | None, torch_model: bool,
+         deform: str, peak_tflops: float | None,
          seed: int, chart: bool, out_dir: Path, progress: bool, verbose: bool) -> None:
     """Time every backend x precision x shots configuration; write bench.json, bench.md, bench.png to OUT."""
     setup_logging(verbose)
@@ -135,7 +139,7 @@ def main(bundle_dir: Path | None, config_name: str | None, backends: tuple[str, 
         bundle=bundle_dir, config=config_name, backends=backends, precisions=precisions, shots=shots,
         image_size=image_size, batch=batch, frames=frames, warmup=warmup, images=images, refs=refs, calib=calib,
         calib_limit=calib_limit, calib_method=calib_method, class_name=class_name, device=device, threads=threads,
-        compile=use_compile,
+        compile=use_compile, compile_precisions=compile_precisions,
         torch_model=torch_model, deform=deform, seed=seed, peak_tflops=peak_tflops, progress=progress,
         command=_command(click.get_current_context()),
     )
