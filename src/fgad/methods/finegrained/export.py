@@ -55,6 +55,7 @@ def runtime_post(cfg: ModelConfig) -> dict[str, Any]:
         "fewshot_scale": fc.fewshot_scale,
         "map_size": cfg.backbone.grid,
         "output_size": fc.output_size,
+        "align_corners": fc.align_corners,
     }
 
 
@@ -134,7 +135,9 @@ def frozen_pairs_error(model: FineGrainedAD, module: FgadExportModule, images: T
     if model.memory.has_memory:
         g = model.cfg.backbone.grid
         visual_map = (model.cfg.finegrained.fewshot_scale * model.memory(tokens)).unflatten(1, (g, g))
-    amap, score = fuse_and_score(maps, visual_map, probs, model.cfg.finegrained.output_size, model.blur)
+    amap, score = fuse_and_score(
+        maps, visual_map, probs, model.cfg.finegrained.output_size, model.blur, model.cfg.finegrained.align_corners
+    )
     return {
         "max_abs_diff_anomaly_map": float((amap - out.anomaly_map).abs().max()),
         "mean_abs_diff_anomaly_map": float((amap - out.anomaly_map).abs().mean()),
