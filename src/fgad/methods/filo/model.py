@@ -51,7 +51,8 @@ class FiLoPlusPlus(nn.Module):
         super().__init__()
         self.cfg = cfg
         bb = cfg.backbone
-        self.backbone = ClipDualPath(clip.visual, bb, cfg.feature_layers, tuple(cfg.heads.mdci_layers))
+        self.backbone = ClipDualPath(clip.visual, bb, cfg.feature_layers, tuple(cfg.heads.mdci_layers),
+                                     aliasing=cfg.reproduce == "released")
         self.text_encoder = TextEncoder(clip)
         for p in list(self.backbone.parameters()) + list(self.text_encoder.parameters()):
             p.requires_grad_(False)

@@ -127,11 +127,13 @@ class FineGrainedAD(nn.Module):
         self.cfg = cfg
         self.texts = texts
         self.class_name = texts.class_name
-        self.backbone = ClipDualPath(clip.visual, bb, tuple(fc.gallery_layers), (bb.layers,))
+        self.backbone = ClipDualPath(clip.visual, bb, tuple(fc.gallery_layers), (bb.layers,),
+                                     aliasing=cfg.reproduce == "released")
         self.text_encoder = TextEncoder(clip)
         for p in list(self.backbone.parameters()) + list(self.text_encoder.parameters()):
             p.requires_grad_(False)
-        self.prompts = MultiLevelPrompts(fc, texts, tokenizer, clip.token_embedding, bb.context_length)
+        self.prompts = MultiLevelPrompts(fc, texts, tokenizer, clip.token_embedding, bb.context_length,
+                                         released=cfg.reproduce == "released")
         scale = fc.logit_scale if fc.logit_scale is not None else float(clip.logit_scale.detach())
         self.register_buffer("logit_scale", torch.tensor(float(scale)), persistent=False)
         self.memory = PatchMemory(len(fc.gallery_layers), dims=bb.width)
