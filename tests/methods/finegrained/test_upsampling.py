@@ -68,3 +68,16 @@ def test_runtime_fusion_follows_the_declared_mode(align_corners: bool) -> None:
                                         GaussianBlur(400, sigma=4.0, truncate=4.0), align_corners)
     np.testing.assert_allclose(amap, ref_map.numpy(), atol=2e-5)
     np.testing.assert_allclose(score, ref_score.numpy(), atol=1e-6)
+
+
+def test_the_golden_bundle_declares_nothing_and_reads_as_align_corners_true() -> None:
+    """The golden FineGrainedAD manifest (written before the field) parses with the old behaviour."""
+    import json
+    from pathlib import Path
+
+    from fgad.bundle.parse import _parse
+
+    golden = Path(__file__).parents[2] / "bundle" / "golden" / "finegrained" / "manifest.json"
+    raw = json.loads(golden.read_text())
+    assert "align_corners" not in raw["post"]
+    assert _parse(raw, str(golden)).post.align_corners is True

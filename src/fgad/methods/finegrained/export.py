@@ -47,7 +47,7 @@ def fgad_output_names(gallery_layers: Sequence[int]) -> list[str]:
 def runtime_post(cfg: ModelConfig) -> dict[str, Any]:
     """The manifest's ``post`` entry of a FineGrainedAD bundle (read by ``fgad.runtime.fusion``)."""
     fc = cfg.finegrained
-    return {
+    post: dict[str, Any] = {
         "sigma": fc.sigma,
         "truncate": fc.truncate,
         "fusion": "harmonic",
@@ -55,8 +55,10 @@ def runtime_post(cfg: ModelConfig) -> dict[str, Any]:
         "fewshot_scale": fc.fewshot_scale,
         "map_size": cfg.backbone.grid,
         "output_size": fc.output_size,
-        "align_corners": fc.align_corners,
     }
+    if not fc.align_corners:  # true is what a bundle without the field means (bundles written before it)
+        post["align_corners"] = False
+    return post
 
 
 class FgadExportModule(nn.Module):

@@ -191,6 +191,7 @@ def build_mllp_texts(
     vocabulary: Vocabulary | None = None,
     entity_handles: int = 1,
     released: bool = False,
+    full_stop: bool = True,
 ) -> MllpTexts:
     """The prompt texts of one class (METHOD.md §2.3 table), from its caption record and ``Δ_c``.
 
@@ -206,6 +207,8 @@ def build_mllp_texts(
             of those raw values (so "black" is abnormal for a "brown and black" entity). Otherwise values
             are split at " and ", de-duplicated and joined with ". ", and a word the class uses is never
             abnormal.
+        full_stop: end every text with a full stop (the released code's prompts); False builds the texts
+            as fgad did before (checkpoints keep their own texts; this rebuilds such texts on purpose).
 
     Counts: image and background ``|Δ|`` handle texts each; entity ``entity_handles``; relation
     ``|Δ|`` per entity named in it; colour/texture/shape one per vocabulary word the class does not use.
@@ -272,8 +275,8 @@ def build_mllp_texts(
         class_name=record.class_name,
         defects=defects,
         seed=seed,
-        families=tuple(_end_sentences(f, released) for f in (*entities, image, background)),
-        attributes=tuple(_end_sentences(a, released) for a in attributes),
+        families=tuple(_end_sentences(f, released) if full_stop else f for f in (*entities, image, background)),
+        attributes=tuple(_end_sentences(a, released) if full_stop else a for a in attributes),
     )
 
 
