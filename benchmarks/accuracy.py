@@ -2,6 +2,9 @@
 
     # with real weights (reproduces our claims on any MVTec-layout root)
     python benchmarks/accuracy.py --checkpoint runs/filo-visa --data /data/mvtec --out results/accuracy_mvtec
+    # the released code's numerics on purpose, to set beside the papers' tables (docs/filo.md, "as released")
+    python benchmarks/accuracy.py --checkpoint runs/filo-visa --data /data/mvtec --reproduce released \
+        --out results/accuracy_mvtec_released
     # a quick look on the real magnetic-tile images with the tiny random model (chance-level numbers)
     python benchmarks/accuracy.py --config tiny-test --data ../shared/data/magnetic_tile --limit 40 \\
         --out benchmarks/results/cpu/accuracy_tiny_magnetic_tile
@@ -62,8 +65,16 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _load_model(checkpoint: Path | None, config_name: str | None, pretrained: str | None) -> tuple[Any, dict]:
-    """The model and a record of its weights."""
+def _load_model(checkpoint: Path | None, config_name: str | None, pretrained: str | None,
+                reproduce: str | None = None) -> tuple[Any, dict]:
+    """The model and a record of its weights; ``reproduce`` overrides the model's ``model.reproduce``."""
+    model, weights = _load_weights(checkpoint, config_name, pretrained)
+    if reproduce is not None:
+        model.set_reproduce(reproduce)
+    return model, weights
+
+
+def _load_weights(checkpoint: Path | None, config_name: str | None, pretrained: str | None) -> tuple[Any, dict]:
     if checkpoint is not None:
         from fgad.backbone.checkpoint import WEIGHTS_FILE
         from fgad.methods.filo.checkpoint import load_checkpoint
@@ -101,13 +112,15 @@ def _load_model(checkpoint: Path | None, config_name: str | None, pretrained: st
               help="At most this many test images per class, spread over defect types (a quick subset).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--overlays", type=click.IntRange(min=0), default=0, show_default=True, help="Overlay PNGs per class.")
+@click.option("--reproduce", type=click.Choice(["fgad", "released"]), default=None,
+              help="released: the released code's numerics on purpose (model.reproduce; default: the model's own).")
 @click.option("--f1/--no-f1", "with_f1", default=False, show_default=True, help="Also tabulate image/pixel F1-max.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("-v", "--verbose", is_flag=True)
 @friendly_errors
 def main(checkpoint: Path | None, config_name: str | None, data_root: Path, out_dir: Path, shots: str,
          classes: tuple[str, ...], pretrained: str | None, seed: int, limit: int | None, batch_size: int,
-         overlays: int, with_f1: bool, progress: bool, verbose: bool) -> None:
+         overlays: int, reproduce: str | None, with_f1: bool, progress: bool, verbose: bool) -> None:
     """Evaluate every class at every shot count; write accuracy.md and accuracy.json to OUT."""
     setup_logging(verbose)
     logging.getLogger("fgad.evaluation").setLevel(logging.WARNING)
@@ -127,7 +140,7 @@ def main(checkpoint: Path | None, config_name: str | None, data_root: Path, out_
     from fgad.core.atomic import atomic_write_json, atomic_write_text
     from fgad.evaluation import EvalSettings, evaluate
 
-    model, weights = _load_model(checkpoint, config_name, pretrained)
+    model, weights = _load_model(checkpoint, config_name, pretrained, reproduce)
     names = split_classes(classes)
     per_shot: dict[int, dict[str, Any]] = {}
     started = time.perf_counter()
@@ -146,7 +159,8 @@ def main(checkpoint: Path | None, config_name: str | None, data_root: Path, out_
     cfg = model.cfg
     settings_record = {"data": str(data_root), "classes": names or "all", "shots": shot_counts, "seed": seed,
                        "limit_per_class": limit, "batch_size": batch_size, "model": cfg.name,
-                       "backbone": cfg.backbone.model_name, "image_size": cfg.backbone.image_size, "box_prior": "none"}
+                       "backbone": cfg.backbone.model_name, "image_size": cfg.backbone.image_size, "box_prior": "none",
+                       "reproduce": cfg.reproduce}
     images = {k: sum(v["images"] for v in r["classes"].values()) for k, r in per_shot.items()}
     shown = [a for a in sys.argv[1:] if a not in ("--progress", "--no-progress", "-v", "--verbose")]
     command = " ".join(["python benchmarks/accuracy.py", *(shlex.quote(a) for a in shown)])
@@ -166,7 +180,9 @@ def main(checkpoint: Path | None, config_name: str | None, data_root: Path, out_
     limit_text = f", at most {limit} test images per class" if limit else ""
     counts = ", ".join(f"{k}-shot {n} images" for k, n in images.items())
     weights_text = weights.get("checkpoint") or f"{weights.get('config')} with {weights.get('pretrained')}"
-    header = (f"# Accuracy: {cfg.name} ({cfg.backbone.model_name}, {cfg.backbone.image_size} px) on {data_root}\n\n"
+    mode = ", as released" if cfg.reproduce == "released" else ""
+    header = (f"# Accuracy: {cfg.name} ({cfg.backbone.model_name}, {cfg.backbone.image_size} px{mode}) on "
+              f"{data_root}\n\n"
               f"    {command}\n\n{created}, commit {commit}. Weights: {weights_text}. References drawn with seed "
               f"{seed} from train/good{limit_text}; {counts}.\n\n")
     atomic_write_json(out_dir / "accuracy.json", result)

@@ -66,8 +66,10 @@ def _fgad_model():  # noqa: ANN202
                          texture="woven", shape="lattice", caption="Silver wires are woven throughout the mesh."),),
         relation="The wires cross each other at right angles.", caption="A woven metal mesh filling the frame.",
     )
-    cfg = load_config("fgad-tiny").model
-    return build_finegrained(cfg, build_mllp_texts(record, ("with a tear", "with a dent"), seed=111), seed=SEED).eval()
+    # the golden bundle predates half-pixel upsampling and the closing full stops: build that model on purpose
+    cfg = load_config("fgad-tiny", {"model": {"finegrained": {"align_corners": True}}}).model
+    texts = build_mllp_texts(record, ("with a tear", "with a dent"), seed=111, full_stop=False)
+    return build_finegrained(cfg, texts, seed=SEED).eval()
 
 
 def _write(out: Path, model: Any, class_name: str, refs: list[Path] | None, **kwargs: Any) -> Path:

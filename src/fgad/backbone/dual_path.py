@@ -7,6 +7,13 @@ VV takes LN1 of the *original* state, uses only v: softmax(v v^T / sqrt(d)) v, t
 Every residual update here is out of place: the released code's ``x += ...`` made stored
 intermediate features alias later ones (METHOD.md P1/F11). Head counts and widths come from
 the config, so the traced graph holds no Python arithmetic on tensor sizes.
+
+``aliasing=True`` reproduces that aliasing on purpose (``model.reproduce: released``), computed out of
+place from the same quantities: the stored ``x^l`` of a dual block ``l < L`` also carries block ``l+1``'s
+attention residual (``x_ori += ...`` on the stored tensor), the stored ``x^(l0-1)`` and every stored
+``z^l`` are the final ``z^L`` (the V-V path was ``x += ...`` on that tensor). For FiLo's l0 = 7 the
+linear heads then see ``[z^24, x^12+, x^18+, x^24]`` and every MDCI head ``z^24`` (METHOD.md P1); for
+FineGrainedAD (l0 = 1) the galleries ``x^3+, x^8+`` (F11).
 """
 
 from __future__ import annotations
@@ -37,9 +44,11 @@ class ClipDualPath(nn.Module):
         cfg: BackboneConfig,
         ori_layers: tuple[int, ...],
         vv_layers: tuple[int, ...],
+        aliasing: bool = False,
     ) -> None:
         super().__init__()
         self.cfg = cfg
+        self.aliasing = aliasing
         self.ori_layers = tuple(ori_layers)
         self.vv_layers = tuple(vv_layers)
         bad = [i for i in vv_layers if i < cfg.vv_start]
@@ -88,12 +97,19 @@ class ClipDualPath(nn.Module):
             attn_out, vv_out = self._attention(block, u, dual)
             if dual:
                 z = (x if index == self.cfg.vv_start else z) + block.ls_1(vv_out)
+            if self.aliasing and dual and index - 1 in ori and index - 1 >= self.cfg.vv_start:
+                ori[index - 1] = ori[index - 1] + block.ls_1(attn_out)  # the released x_ori += ...
             y = x + block.ls_1(attn_out)
             x = y + block.ls_2(block.mlp(block.ln_2(y)))
             if index in self.ori_layers:
                 ori[index] = x
             if index in self.vv_layers:
                 vv[index] = z
+        if self.aliasing:
+            for layer in ori:
+                if layer == self.cfg.vv_start - 1:
+                    ori[layer] = z  # the tensor the V-V path was added onto in place
+            vv = {layer: z for layer in vv}
         global_embed = self.ln_post(x[:, 0]) @ self.proj
         return VisualFeatures(
             global_embed=global_embed,

@@ -227,7 +227,10 @@ def _parse(data: Mapping[str, Any], where: str) -> Manifest:
         fewshot_scale=post.float_("fewshot_scale", 1.0, positive=True),
         map_size=post.int_("map_size", None, minimum=1),
         output_size=post.int_("output_size", None, minimum=1),
+        align_corners=post.raw("align_corners", True),
     )
+    if not isinstance(post_spec.align_corners, bool):
+        raise post.fail("align_corners", f"must be true or false, got {post_spec.align_corners!r}")
     for key, value in (("fusion", post_spec.fusion), ("score", post_spec.score)):
         if value not in ("mean", "harmonic"):
             raise post.fail(key, f"is {value!r}, but this runtime implements 'mean' and 'harmonic'")

@@ -143,6 +143,8 @@ class PostSpec:
     fewshot_scale: float = 1.0  # few-shot map = scale * mean over layers of the min distance (FineGrainedAD: 0.5)
     map_size: int | None = None  # side of vl_map, where the maps are fused (None: input.size)
     output_size: int | None = None  # side of the final map (None: map_size)
+    # bilinear upsampling of the runtime's maps; bundles written before the field existed used True
+    align_corners: bool = True
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ from fgad.cli.common import check_outputs, friendly_errors, setup_logging, split
               help="Grounding DINO weights: Hugging Face model id (cached) or a local folder in transformers format.")
 @click.option("--combine-with", type=click.Path(path_type=Path), default=None,
               help="FineGrainedAD --checkpoint only: average its maps and scores with this FiLo++ checkpoint's.")
+@click.option("--reproduce", type=click.Choice(["fgad", "released"]), default=None,
+              help="FiLo++: score with the released code's numerics (model.reproduce); default: the model's own.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
               help="Test images per forward pass (lower it if memory runs out; results do not change).")
 @click.option("--overlays", "num_overlays", type=int, default=8, show_default=True, help="Overlay PNGs per class.")
@@ -39,7 +41,7 @@ from fgad.cli.common import check_outputs, friendly_errors, setup_logging, split
 @friendly_errors
 def main(checkpoint: Path | None, config_name: str | None, data_root: Path, out_dir: Path, shots: int,
          classes: tuple[str, ...], pretrained: str | None, banks: tuple[str, ...], seed: int, box_prior: str,
-         box_model: str | None, combine_with: Path | None,
+         box_model: str | None, combine_with: Path | None, reproduce: str | None,
          batch_size: int,
          num_overlays: int, max_images: int | None, progress: bool, verbose: bool) -> None:
     """Write metrics.json, metrics.md, predictions.jsonl and overlays/ to OUT."""
@@ -70,9 +72,14 @@ def main(checkpoint: Path | None, config_name: str | None, data_root: Path, out_
         source = f"untrained {config_name}"
     if banks:
         model.prompts.add_banks(banks)
+    if reproduce is not None and reproduce != model.cfg.reproduce:
+        if not hasattr(model, "set_reproduce"):
+            raise click.UsageError(f"this model was trained with reproduce={model.cfg.reproduce!r}; a FineGrainedAD "
+                                   "model's mode is fixed at training (its texts): train with fgad-train --reproduce")
+        model.set_reproduce(reproduce)
     settings = EvalSettings(shots=shots, seed=seed, batch_size=batch_size, num_overlays=num_overlays,
                             box_prior=box_prior, box_model=box_model, max_images=max_images,
-                            extra={"source": source})
+                            extra={"source": source, "reproduce": model.cfg.reproduce})
     with torch.no_grad():
         from fgad.methods.registry import get_method
 

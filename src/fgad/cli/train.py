@@ -30,6 +30,8 @@ from fgad.cli.common import check_outputs, friendly_errors, setup_logging, split
               help="FineGrainedAD configs: shot indices from lines '#k: i1 i2 ...' (default: seeded choice).")
 @click.option("--captions", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="FineGrainedAD configs: caption record JSON of the class (default: the shipped record).")
+@click.option("--reproduce", type=click.Choice(["fgad", "released"]), default=None,
+              help="released: the released code's numerics on purpose, known bugs included (model.reproduce).")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from OUT's last checkpoint.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging (also the libraries' INFO lines).")
@@ -37,7 +39,8 @@ from fgad.cli.common import check_outputs, friendly_errors, setup_logging, split
 def main(config_name: str, data_root: Path, out_dir: Path, pretrained: str | None, classes: tuple[str, ...],
          epochs_phase1: int | None, epochs_phase2: int | None, max_steps_per_epoch: int | None, seed: int | None,
          banks: tuple[str, ...], class_name: str | None, shots: int | None, epochs: int | None,
-         seed_file: Path | None, captions: Path | None, resume: bool, progress: bool, verbose: bool) -> None:
+         seed_file: Path | None, captions: Path | None, reproduce: str | None, resume: bool, progress: bool,
+         verbose: bool) -> None:
     """Train phase 1 (prompts, linear heads, MDCI) and phase 2 (adapter), checkpointing every epoch.
 
     With a FineGrainedAD config (method: finegrained): one class from k normal shots,
@@ -53,7 +56,8 @@ def main(config_name: str, data_root: Path, out_dir: Path, pretrained: str | Non
                            classes=tuple(split_classes(classes) or ()), epochs_phase1=epochs_phase1,
                            epochs_phase2=epochs_phase2, max_steps_per_epoch=max_steps_per_epoch, seed=seed,
                            banks=banks, class_name=class_name, shots=shots, epochs=epochs, seed_file=seed_file,
-                           captions=captions, resume=resume, progress=progress, echo=click.echo)
+                           captions=captions, reproduce=reproduce, resume=resume, progress=progress,
+                           echo=click.echo)
     try:
         method.train(request)
     except TrainOptionError as err:

@@ -10,6 +10,13 @@ searched in the order of :data:`BUILTIN_BANKS`. The order matters: ``tile``
 exists both in MVTec-AD and in the synthetic demo set, and a plain lookup
 resolves it to the MVTec bank. To get the synthetic ``tile`` phrases pass
 ``banks=["synthetic"]`` so that bank is searched first.
+
+The ``mvtec``, ``visa`` and ``magnetic_tile`` banks describe what can go wrong with each kind of product in general,
+written without the benchmarks' defect-type names (zero-shot prompts must not carry test knowledge;
+``tests/data/test_bank_overlap.py`` bounds their token overlap with those names). The earlier
+phrases, which paraphrased the defect folders, remain as the *oracle* banks :data:`ORACLE_BANKS`
+(``mvtec_oracle``, ``visa_oracle``, ``magnetic_tile_oracle``) for ablations: loadable by name,
+never searched by default.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from pathlib import Path
 
 __all__ = [
     "BUILTIN_BANKS",
+    "ORACLE_BANKS",
     "UnknownClassError",
     "anomaly_phrases",
     "display_name",
@@ -31,6 +39,9 @@ __all__ = [
 ]
 
 BUILTIN_BANKS: tuple[str, ...] = ("mvtec", "visa", "magnetic_tile", "synthetic")
+
+#: Banks derived from the benchmarks' defect-folder names (test knowledge): only when asked for by name.
+ORACLE_BANKS: tuple[str, ...] = ("mvtec_oracle", "visa_oracle", "magnetic_tile_oracle")
 
 # Names whose dataset spelling does not become a good prompt word by simply
 # turning underscores into spaces (e.g. "pcb1" should read as "pcb").
@@ -152,8 +163,9 @@ def load_bank(name_or_path: str | Path) -> dict[str, list[str]]:
     """Load a description bank by built-in name or from a JSON file.
 
     Args:
-        name_or_path: one of :data:`BUILTIN_BANKS` (e.g. ``"mvtec"``) or the
-            path of a JSON file shaped ``{"class": ["phrase", ...]}``.
+        name_or_path: one of :data:`BUILTIN_BANKS` (e.g. ``"mvtec"``) or
+            :data:`ORACLE_BANKS`, or the path of a JSON file shaped
+            ``{"class": ["phrase", ...]}``.
 
     Returns:
         A fresh ``{class: [phrase, ...]}`` dict; phrases have surrounding and
@@ -165,13 +177,13 @@ def load_bank(name_or_path: str | Path) -> dict[str, list[str]]:
         ValueError: the file is not valid JSON or not a valid bank; the
             message names the file and the offending class.
     """
-    if isinstance(name_or_path, str) and name_or_path in BUILTIN_BANKS:
+    if isinstance(name_or_path, str) and name_or_path in BUILTIN_BANKS + ORACLE_BANKS:
         return {cls: list(p) for cls, p in _load_builtin(name_or_path).items()}
     path = Path(name_or_path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
             f"Description bank {str(name_or_path)!r} is neither a built-in bank "
-            f"({', '.join(BUILTIN_BANKS)}) nor an existing JSON file."
+            f"({', '.join(BUILTIN_BANKS + ORACLE_BANKS)}) nor an existing JSON file."
         )
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))

@@ -55,6 +55,7 @@ class TrainRequest:
     epochs: int | None = None
     seed_file: Path | None = None
     captions: Path | None = None
+    reproduce: str | None = None  # model.reproduce override: "fgad" or "released" (None: the config's)
     resume: bool = True
     progress: bool = True
     echo: Callable[[str], None] = print

@@ -12,8 +12,11 @@ field             FiLo++ (default)                            FineGrainedAD
 ``score``         ``mean``: ``½ (global_prob + max M)``          ``harmonic``: ``global_prob ⊕ max Up(few)``
 ================  ==========================================  ================================================
 
-The few-shot distances arrive on the token grid ``[B, g, g]`` and are upsampled (bilinear,
-``align_corners=True``) to ``map_size`` before fusion. Without references the map is ``vl_map`` alone
+The few-shot distances arrive on the token grid ``[B, g, g]`` and are upsampled (bilinear) to ``map_size``
+before fusion. ``post.align_corners`` says how every bilinear step samples: ``true`` (FiLo++, and every bundle
+written before the field existed) aligns the corner pixels' centres; ``false`` (FineGrainedAD) is PyTorch's
+``align_corners=False``, ONNX's ``half_pixel``, right for patch grids (each token covers a p×p square).
+Without references the map is ``vl_map`` alone
 and a ``harmonic`` score uses ``max Up(vl_map)`` in place of the few-shot peak (as the PyTorch model).
 ``a ⊕ b = a·b / (a + b + 1e-8)``, equal to ``fgad.backbone.postprocess.harmonic_fusion``.
 """
@@ -21,13 +24,14 @@ and a ``harmonic`` score uses ``max Up(vl_map)`` in place of the few-shot peak (
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
-from fgad.core.smoothing import gaussian_reflect, upsample_align_corners
+from fgad.core.smoothing import gaussian_reflect, map_batch, upsample_align_corners
 from fgad.runtime.postprocess import finish
 
-__all__ = ["FUSIONS", "SCORES", "FusionSpec", "finish_maps", "harmonic"]
+__all__ = ["FUSIONS", "SCORES", "FusionSpec", "finish_maps", "harmonic", "upsample_bilinear", "upsample_half_pixel"]
 
 FUSIONS = ("mean", "harmonic")
 SCORES = ("mean", "harmonic")
@@ -43,6 +47,43 @@ class FusionSpec:
     fusion: str = "mean"
     score: str = "mean"
     fewshot_scale: float = 1.0
+    align_corners: bool = True  # post.align_corners: how the bilinear upsampling samples
+
+
+@lru_cache(maxsize=64)
+def _half_pixel_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """``[out, in]`` weights of 1-D linear interpolation with ``align_corners=False`` (ONNX ``half_pixel``).
+
+    Follows PyTorch's CPU kernel for upsampling: source ``(i + 0.5) · in/out − 0.5`` clamped at 0, left
+    neighbour ``floor(src)``, right neighbour clamped to ``in − 1`` (edge values are repeated).
+    """
+    matrix = np.zeros((out_size, in_size), dtype=np.float32)
+    scale = np.float32(in_size / out_size)
+    src = np.maximum(scale * (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5), 0)
+    left = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    frac = (src - left.astype(np.float32)).astype(np.float32)
+    right = np.minimum(left + 1, in_size - 1)
+    rows = np.arange(out_size)
+    np.add.at(matrix, (rows, left), np.float32(1.0) - frac)
+    np.add.at(matrix, (rows, right), frac)
+    matrix.setflags(write=False)
+    return matrix
+
+
+def upsample_half_pixel(maps: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of ``[B, h, w]`` (or ``[h, w]``) maps to ``size`` with ``align_corners=False``; float32."""
+    batch, single = map_batch(maps, "upsample_half_pixel")
+    _, in_h, in_w = batch.shape
+    out = np.matmul(np.matmul(_half_pixel_matrix(in_h, size), batch), _half_pixel_matrix(in_w, size).T)
+    out = np.ascontiguousarray(out, dtype=np.float32)
+    return out[0] if single else out
+
+
+def upsample_bilinear(maps: np.ndarray, size: int, align_corners: bool) -> np.ndarray:
+    """Bilinear resize to ``size`` the way ``post.align_corners`` says (unchanged if already that size)."""
+    if maps.shape[-1] == size and maps.shape[-2] == size:
+        return maps
+    return upsample_align_corners(maps, size) if align_corners else upsample_half_pixel(maps, size)
 
 
 def harmonic(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -50,10 +91,6 @@ def harmonic(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = np.asarray(a, dtype=np.float32)
     b = np.asarray(b, dtype=np.float32)
     return (a * b / (a + b + HARMONIC_EPS)).astype(np.float32, copy=False)
-
-
-def _resize(maps: np.ndarray, size: int) -> np.ndarray:
-    return maps if maps.shape[-1] == size and maps.shape[-2] == size else upsample_align_corners(maps, size)
 
 
 def finish_maps(
@@ -68,7 +105,7 @@ def finish_maps(
         few = np.asarray(few_grid, dtype=np.float32)
         if spec.fewshot_scale != 1.0:
             few = few * np.float32(spec.fewshot_scale)
-        few = _resize(few, spec.map_size)
+        few = upsample_bilinear(few, spec.map_size, spec.align_corners)
     if spec.fusion == "mean" and spec.score == "mean" and spec.output_size == spec.map_size:
         return finish(vl, prob, few, spec.sigma, spec.truncate)  # FiLo++: exactly the original steps
     if spec.fusion not in FUSIONS:
@@ -81,11 +118,13 @@ def finish_maps(
         fused = (vl + few) / np.float32(2.0)
     else:
         fused = harmonic(vl, few)
-    anomaly_map = gaussian_reflect(_resize(fused, spec.output_size), spec.sigma, spec.truncate)
+    up = upsample_bilinear(fused, spec.output_size, spec.align_corners)
+    anomaly_map = gaussian_reflect(up, spec.sigma, spec.truncate)
     if spec.score == "mean":
         score = np.float32(0.5) * (prob + anomaly_map.reshape(anomaly_map.shape[0], -1).max(axis=1))
     else:
         reference = vl if few is None else few
-        peak = _resize(reference, spec.output_size).reshape(reference.shape[0], -1).max(axis=1)
+        peak_map = upsample_bilinear(reference, spec.output_size, spec.align_corners)
+        peak = peak_map.reshape(reference.shape[0], -1).max(axis=1)
         score = harmonic(prob, peak)
     return anomaly_map, score.astype(np.float32, copy=False)

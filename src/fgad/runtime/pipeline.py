@@ -53,10 +53,9 @@ from fgad.bundle.references import check_references_fingerprint, manifest_refere
 from fgad.bundle.spec import knn_output
 from fgad.core.cells import POSITIONS
 from fgad.core.io import ImageReadError, UnreadableImagesError, read_image
-from fgad.core.smoothing import upsample_align_corners
 from fgad.core.transforms import preprocess
 from fgad.runtime.backends import Backend, check_manifest, create_backend
-from fgad.runtime.fusion import FusionSpec, finish_maps
+from fgad.runtime.fusion import FusionSpec, finish_maps, upsample_bilinear
 from fgad.runtime.knn import FewShotMemory, distance_from_similarities, duplicate_of, max_similarity_numpy
 
 __all__ = ["AUTO_MARGIN_FRACTION", "AUTO_MARGIN_MIN", "Detector", "Result"]
@@ -176,7 +175,7 @@ class Detector:
         post = manifest.post
         self._fusion = FusionSpec(sigma=post.sigma, truncate=post.truncate, map_size=manifest.map_size,
                                   output_size=manifest.output_size, fusion=post.fusion, score=post.score,
-                                  fewshot_scale=post.fewshot_scale)
+                                  fewshot_scale=post.fewshot_scale, align_corners=post.align_corners)
 
     # ------------------------------------------------------------------ construction
 
@@ -507,7 +506,7 @@ class Detector:
 
     def _weighted_few(self, few_grid: np.ndarray, region_weight: np.ndarray) -> np.ndarray:
         """The few-shot map upsampled to the map size and λ-suppressed outside the box (as the graph's vl_map)."""
-        few = upsample_align_corners(few_grid, self._fusion.map_size)
+        few = upsample_bilinear(few_grid, self._fusion.map_size, self._fusion.align_corners)
         return few * np.asarray(region_weight, dtype=np.float32)
 
     def _tokens(self, outs: dict[str, np.ndarray], layer: int, batch: int) -> np.ndarray:

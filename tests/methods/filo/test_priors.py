@@ -213,3 +213,26 @@ def test_none_prior_changes_nothing(tiny_model: FiLoPlusPlus, images: torch.Tens
     assert torch.equal(plain.anomaly_map, with_none.anomaly_map) and torch.equal(plain.image_score,
                                                                                   with_none.image_score)
     assert with_none.prior is not None and with_none.prior.region is None and with_none.prior.position is None
+
+
+def test_box_corners_pixel_centre_rule_and_the_released_truncation() -> None:
+    """Ours: a pixel is inside when its centre is; released: ``[int(y0):int(y1), int(x0):int(x1)]``.
+
+    Integer corners give the same pixels; a fractional corner moves one edge pixel (issue 13, item 7).
+    """
+    from fgad.methods.filo.priors.base import region_from_boxes
+
+    valid = torch.tensor([[True]])
+    whole = torch.tensor([[[2.0, 3.0, 7.0, 9.0]]])
+    ours = region_from_boxes(whole, valid, 12)[0, 0]
+    released = region_from_boxes(whole, valid, 12, released=True)[0, 0]
+    assert torch.equal(ours, released)
+    assert ours.sum() == 5 * 6 and ours[3, 2] == 1 and ours[9, 7] == 0
+    frac = torch.tensor([[[2.7, 3.0, 7.6, 9.0]]])
+    ours = region_from_boxes(frac, valid, 12)[0, 0]
+    released = region_from_boxes(frac, valid, 12, released=True)[0, 0]
+    ref = torch.zeros(12, 12)
+    ref[int(3.0):int(9.0), int(2.7):int(7.6)] = 1  # the released slice
+    assert torch.equal(released, ref)
+    assert ours[3:9].sum(dim=0).nonzero().flatten().tolist() == [3, 4, 5, 6, 7]  # centres 3.5 .. 7.5
+    assert released[3:9].sum(dim=0).nonzero().flatten().tolist() == [2, 3, 4, 5, 6]

@@ -328,7 +328,8 @@ def test_defect_phrases_come_from_the_bank(dataset: str, class_name: str) -> Non
 def test_defect_phrases_default_search_order_and_dataset_restriction() -> None:
     assert defect_phrases("tile") == defect_phrases("tile", "mvtec")
     assert defect_phrases("tile", "synthetic") != defect_phrases("tile")
-    assert len(load_bank("mvtec")["cable"]) == 8 and len(defect_phrases("cable")) == 7
+    assert len(load_bank("mvtec_oracle")["cable"]) == 8 and len(defect_phrases("cable", "mvtec_oracle")) == 7
+    assert defect_phrases("cable", "mvtec_oracle") != defect_phrases("cable")  # the oracle is never the default
 
 
 def test_defect_phrases_from_a_user_bank(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from fgad.methods.finegrained.export import FgadExportModule, runtime_post
 from fgad.methods.finegrained.mllp import build_mllp_texts
 from fgad.methods.finegrained.model import FineGrainedAD, build_finegrained, fuse_and_score
 from fgad.methods.finegrained.train import train_finegrained
-from fgad.runtime.fusion import FusionSpec, finish_maps
+from fgad.runtime.fusion import FusionSpec, finish_maps, upsample_half_pixel
 from fgad.runtime.postprocess import finish
 
 CLASS = "mesh"
@@ -163,7 +163,7 @@ def test_default_fusion_is_filos_finish() -> None:
 def test_harmonic_fusion_matches_the_torch_steps() -> None:
     text, dist, prob = _maps(3, (2, 7, 7)), _maps(4, (2, 7, 7)), _maps(5, (2,))
     spec = FusionSpec(sigma=4.0, truncate=4.0, map_size=7, output_size=40, fusion="harmonic", score="harmonic",
-                      fewshot_scale=0.5)
+                      fewshot_scale=0.5, align_corners=False)
     amap, score = finish_maps(text, prob, dist, spec)
     blur = GaussianBlur(40, sigma=4.0, truncate=4.0)
     want_map, want_score = fuse_and_score(torch.from_numpy(text), 0.5 * torch.from_numpy(dist),
@@ -171,7 +171,7 @@ def test_harmonic_fusion_matches_the_torch_steps() -> None:
     assert np.abs(amap - want_map.numpy()).max() <= 1e-5
     assert np.abs(score - want_score.numpy()).max() <= 1e-6
     # by hand, no smoothing involved: the score is 1 / (1/p + 1/max Up(V))
-    peak = upsample_align_corners(0.5 * dist, 40).reshape(2, -1).max(axis=1)
+    peak = upsample_half_pixel(0.5 * dist, 40).reshape(2, -1).max(axis=1)
     assert np.allclose(score, 1.0 / (1.0 / prob + 1.0 / peak), rtol=1e-5)
 
 

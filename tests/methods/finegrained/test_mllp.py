@@ -58,10 +58,11 @@ def test_families_and_counts_follow_the_table() -> None:
     assert len(image.handle) == len(DEFECTS)
     for d, h in zip(DEFECTS, image.handle, strict=True):
         assert f"widget {d}" in h and h.replace(f" {d}", "") == RECORD.caption
-    assert background.normal == "dark gray background"
-    assert background.handle == tuple(f"dark gray background {d}" for d in DEFECTS)
+    # every text ends with one full stop, as the released code's prompts (never two: issue 13, item 2)
+    assert background.normal == "dark gray background."
+    assert background.handle == tuple(f"dark gray background {d}." for d in DEFECTS)
     for fam, ent in zip(texts.families[:2], RECORD.entities, strict=True):
-        assert fam.normal == ent.caption and len(fam.handle) == 1
+        assert fam.normal == ent.caption and len(fam.handle) == 1  # the captions end with "." already
         assert any(f"{ent.name}" in fam.handle[0] and d in fam.handle[0] for d in DEFECTS)
         assert fam.handle[0] == fam.handle[0].lower()
     # fusion sources: relation, then colour/texture/shape of the class
@@ -70,8 +71,11 @@ def test_families_and_counts_follow_the_table() -> None:
     assert len(texts.family("relation").handle) == named * len(DEFECTS)
     color = texts.family("color")
     used = {"red", "blue", "white"}
-    assert color.normal == ". ".join(["red", "blue", "white"])
-    assert set(color.handle) == set(VOCAB.colors) - used and len(color.handle) == len(VOCAB.colors) - len(used)
+    assert color.normal == ". ".join(["red", "blue", "white"]) + "."
+    assert {h.removesuffix(".") for h in color.handle} == set(VOCAB.colors) - used
+    assert len(color.handle) == len(VOCAB.colors) - len(used)
+    every = [t for f in (*texts.families, *texts.attributes) for t in (f.normal, *f.handle)]
+    assert all(t.endswith(".") and not t.endswith("..") for t in every)
     assert len(texts.family("texture").handle) == len(VOCAB.textures) - 2
     assert len(texts.family("shape").handle) == len(VOCAB.shapes) - 2
 

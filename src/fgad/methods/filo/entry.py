@@ -50,6 +50,8 @@ def train(request: TrainRequest) -> Any:
         overrides["model"]["prompts"] = {"banks": list(r.banks)}
     if r.pretrained is not None:
         overrides["model"]["backbone"] = {"pretrained": r.pretrained}
+    if r.reproduce is not None:
+        overrides["model"]["reproduce"] = r.reproduce
     config = load_config(r.config, overrides)
     model = build_model(config.model, seed=config.train.seed)
     result = train_filo(model, config, r.data_root, r.out_dir, pretrained=config.model.backbone.pretrained,

@@ -51,7 +51,8 @@ class FiLoPlusPlus(nn.Module):
         super().__init__()
         self.cfg = cfg
         bb = cfg.backbone
-        self.backbone = ClipDualPath(clip.visual, bb, cfg.feature_layers, tuple(cfg.heads.mdci_layers))
+        self.backbone = ClipDualPath(clip.visual, bb, cfg.feature_layers, tuple(cfg.heads.mdci_layers),
+                                     aliasing=cfg.reproduce == "released")
         self.text_encoder = TextEncoder(clip)
         for p in list(self.backbone.parameters()) + list(self.text_encoder.parameters()):
             p.requires_grad_(False)
@@ -80,6 +81,13 @@ class FiLoPlusPlus(nn.Module):
         return list(self.adapter.parameters()) if self.adapter is not None else []
 
     # ------------------------------------------------------------------ pieces
+    def set_reproduce(self, mode: str) -> None:
+        """Switch ``model.reproduce`` of a built or loaded model ("fgad" or "released": the aliased features)."""
+        from fgad.config import replace
+
+        self.cfg = replace(self.cfg, reproduce=mode)  # validated: an unknown mode raises ConfigError
+        self.backbone.aliasing = mode == "released"
+
     def encode_images(self, images: torch.Tensor) -> VisualFeatures:
         with torch.no_grad():
             return self.backbone(images)

@@ -4,7 +4,7 @@ The FineGrainedAD prompts are trained per class on FiLo++'s backbone (config
 ``fgad-on-filo-vitl14-336``: ``F = LN_post W_proj`` of the last V-V layer, galleries from the
 original path's blocks 6 and 16, maps at FiLo++'s 518 px). At test time both models see the same
 preprocessed images and the same k references; the pixel maps (FineGrainedAD's resized to FiLo++'s
-size if they differ, bilinear with ``align_corners=True``) and the image scores are averaged.
+size if they differ, bilinear with ``finegrained.align_corners``) and the image scores are averaged.
 
 Both models must take the same input: the same image size and normalisation. They are run one
 after the other (each with its own dual-path pass: the requested layers differ); sharing one
@@ -88,7 +88,8 @@ class CombinedModel(nn.Module):
         size = self.output_size
         fgad_map = g.anomaly_map
         if fgad_map.shape[-1] != size:
-            fgad_map = upsample(fgad_map.unsqueeze(1), size, align_corners=True)[:, 0]
+            corners = self.fgad.cfg.finegrained.align_corners
+            fgad_map = upsample(fgad_map.unsqueeze(1), size, align_corners=corners)[:, 0]
         return CombinedOutput(
             anomaly_map=(f.anomaly_map + fgad_map) / 2.0,
             image_score=(f.image_score + g.image_score) / 2.0,

@@ -50,6 +50,7 @@ class FineGrainedConfig:
     output_size: int = 400  # side of the final pixel map
     sigma: float = 4.0  # Gaussian smoothing of the final map (at output_size)
     truncate: float = 4.0  # kernel radius = int(truncate * sigma + 0.5)
+    align_corners: bool = False  # bilinear upsampling of the maps (False: the released code's, half-pixel)
     # --- optional
     captions: str | None = None  # caption record JSON (None: the built-in record of the class)
     bank: str | None = None  # description bank JSON {class: [phrases]} for the defect phrases (None: built-in banks)

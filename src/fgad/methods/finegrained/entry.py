@@ -23,7 +23,8 @@ def build(cfg: ModelConfig, pretrained: str | None = None, seed: int | None = No
     if not class_name:
         raise ValueError(f"{cfg.name} is a FineGrainedAD config: train a class first (fgad-train --class-name NAME "
                          "--shots K) and evaluate its --checkpoint")
-    return build_finegrained(cfg, class_texts(cfg.finegrained, class_name), pretrained=pretrained, seed=seed)
+    texts = class_texts(cfg.finegrained, class_name, released=cfg.reproduce == "released")
+    return build_finegrained(cfg, texts, pretrained=pretrained, seed=seed)
 
 
 def load_checkpoint(ckpt_dir: str | Path, pretrained: str | None = None, combine_with: str | Path | None = None,
@@ -60,4 +61,5 @@ def train(request: TrainRequest) -> Any:
                                "FineGrainedAD config takes --class-name, --shots, --epochs and at most one --bank")
     return cli_train(r.config, r.data_root, r.out_dir, r.class_name, r.shots, pretrained=r.pretrained,
                      epochs=r.epochs, seed=r.seed, seed_file=r.seed_file, captions=r.captions,
-                     bank=Path(r.banks[0]) if r.banks else None, resume=r.resume, progress=r.progress, echo=r.echo)
+                     bank=Path(r.banks[0]) if r.banks else None, resume=r.resume, progress=r.progress, echo=r.echo,
+                     reproduce=r.reproduce)

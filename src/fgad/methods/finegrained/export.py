@@ -47,7 +47,7 @@ def fgad_output_names(gallery_layers: Sequence[int]) -> list[str]:
 def runtime_post(cfg: ModelConfig) -> dict[str, Any]:
     """The manifest's ``post`` entry of a FineGrainedAD bundle (read by ``fgad.runtime.fusion``)."""
     fc = cfg.finegrained
-    return {
+    post: dict[str, Any] = {
         "sigma": fc.sigma,
         "truncate": fc.truncate,
         "fusion": "harmonic",
@@ -56,6 +56,9 @@ def runtime_post(cfg: ModelConfig) -> dict[str, Any]:
         "map_size": cfg.backbone.grid,
         "output_size": fc.output_size,
     }
+    if not fc.align_corners:  # true is what a bundle without the field means (bundles written before it)
+        post["align_corners"] = False
+    return post
 
 
 class FgadExportModule(nn.Module):
@@ -134,7 +137,9 @@ def frozen_pairs_error(model: FineGrainedAD, module: FgadExportModule, images: T
     if model.memory.has_memory:
         g = model.cfg.backbone.grid
         visual_map = (model.cfg.finegrained.fewshot_scale * model.memory(tokens)).unflatten(1, (g, g))
-    amap, score = fuse_and_score(maps, visual_map, probs, model.cfg.finegrained.output_size, model.blur)
+    amap, score = fuse_and_score(
+        maps, visual_map, probs, model.cfg.finegrained.output_size, model.blur, model.cfg.finegrained.align_corners
+    )
     return {
         "max_abs_diff_anomaly_map": float((amap - out.anomaly_map).abs().max()),
         "mean_abs_diff_anomaly_map": float((amap - out.anomaly_map).abs().mean()),

@@ -167,12 +167,31 @@ def _join_values(values: Sequence[str]) -> str:
     return ". ".join(values)
 
 
+def _end_sentence(text: str, released: bool) -> str:
+    """Every prompt text ends with one full stop, as in the released code's ``text + "."``.
+
+    The released code appends it even to texts that already end with one ("..."the bottle.." from a
+    caption); ``released`` reproduces that, otherwise a present full stop is kept as the only one.
+    """
+    if released:
+        return f"{text}."
+    stripped = text.rstrip()
+    return stripped if stripped.endswith(".") else f"{stripped}."
+
+
+def _end_sentences(fam: FamilyTexts, released: bool) -> FamilyTexts:
+    return FamilyTexts(fam.kind, fam.name, _end_sentence(fam.normal, released),
+                       tuple(_end_sentence(t, released) for t in fam.handle), fam.notes)
+
+
 def build_mllp_texts(
     record: Any,
     defects: Sequence[str],
     seed: int = 111,
     vocabulary: Vocabulary | None = None,
     entity_handles: int = 1,
+    released: bool = False,
+    full_stop: bool = True,
 ) -> MllpTexts:
     """The prompt texts of one class (METHOD.md §2.3 table), from its caption record and ``Δ_c``.
 
@@ -182,6 +201,14 @@ def build_mllp_texts(
         seed: seeds the private RNG that picks each entity's defect phrase and new location.
         vocabulary: global vocabularies (default: the shipped ones).
         entity_handles: handle prompts per entity (METHOD.md: one).
+        released: the released code's texts (``model.reproduce: released``): a full stop appended to every
+            text even after one; colour/texture/shape values per entity joined with "." as written
+            ("brown.brown and black.brown") and the abnormal words every vocabulary word not equal to one
+            of those raw values (so "black" is abnormal for a "brown and black" entity). Otherwise values
+            are split at " and ", de-duplicated and joined with ". ", and a word the class uses is never
+            abnormal.
+        full_stop: end every text with a full stop (the released code's prompts); False builds the texts
+            as fgad did before (checkpoints keep their own texts; this rebuilds such texts on purpose).
 
     Counts: image and background ``|Δ|`` handle texts each; entity ``entity_handles``; relation
     ``|Δ|`` per entity named in it; colour/texture/shape one per vocabulary word the class does not use.
@@ -233,33 +260,38 @@ def build_mllp_texts(
             rel_notes.append(f"{ent.name} {d}")
     if record.relation.strip():
         attributes.append(FamilyTexts("relation", "relation", record.relation, tuple(rel_handles), tuple(rel_notes)))
-    for kind, values, words in (
-        ("color", tuple(record.colors), vocab.colors),
-        ("texture", tuple(record.textures), vocab.textures),
-        ("shape", tuple(record.shapes), vocab.shapes),
+    for kind, values, raw, words in (
+        ("color", tuple(record.colors), tuple(e.color for e in record.entities), vocab.colors),
+        ("texture", tuple(record.textures), tuple(e.texture for e in record.entities), vocab.textures),
+        ("shape", tuple(record.shapes), tuple(e.shape for e in record.entities), vocab.shapes),
     ):
         if not values:
             continue
-        complement = tuple(w for w in words if w not in values)
-        attributes.append(FamilyTexts(kind, kind, _join_values(values), complement, complement))
+        used = raw if released else values
+        complement = tuple(w for w in words if w not in used)
+        joined = ".".join(raw) if released else _join_values(values)
+        attributes.append(FamilyTexts(kind, kind, joined, complement, complement))
     return MllpTexts(
         class_name=record.class_name,
         defects=defects,
         seed=seed,
-        families=(*entities, image, background),
-        attributes=tuple(attributes),
+        families=tuple(_end_sentences(f, released) if full_stop else f for f in (*entities, image, background)),
+        attributes=tuple(_end_sentences(a, released) if full_stop else a for a in attributes),
     )
 
 
-def class_texts(fc: FineGrainedConfig, class_name: str, captions: str | None = None) -> MllpTexts:
+def class_texts(
+    fc: FineGrainedConfig, class_name: str, captions: str | None = None, released: bool = False
+) -> MllpTexts:
     """The texts of ``class_name``: its caption record (``captions`` file, ``fc.captions``, or the shipped one)
-    and its defect phrases (from the bank file ``fc.bank`` first, then the built-in banks), built with ``fc.seed``."""
+    and its defect phrases (from the bank file ``fc.bank`` first, then the built-in banks), built with ``fc.seed``;
+    ``released``: the released code's texts (:func:`build_mllp_texts`)."""
     from fgad.methods.finegrained.captions.schema import defect_phrases, load_caption
 
     path = captions if captions is not None else fc.captions
     record = load_caption(class_name, path)
     return build_mllp_texts(record, defect_phrases(class_name, fc.bank), seed=fc.seed,
-                            entity_handles=fc.entity_handles)
+                            entity_handles=fc.entity_handles, released=released)
 
 
 # ---------------------------------------------------------------------------------- learnable prompts
@@ -321,6 +353,10 @@ class MultiLevelPrompts(nn.Module):
         tokenizer: open_clip tokenizer (build time only).
         token_embedding: the frozen CLIP token embedding (build time only; not kept).
         context_length: text tokens (77).
+        released: the released code's numerics (``model.reproduce: released``): fusion weights drawn from
+            N(0, 1) instead of 0, attribute handle sets ranked by the mean over the whole assembled 77-row
+            prompt (SOS, the normal context N_1, words, EOT, padding) instead of the word rows, and all 77
+            rows fused (``fusion_rows: all``, F9).
     """
 
     ctx_normal: nn.Parameter
@@ -339,9 +375,12 @@ class MultiLevelPrompts(nn.Module):
         tokenizer: Any,
         token_embedding: nn.Embedding,
         context_length: int = 77,
+        released: bool = False,
     ) -> None:
         super().__init__()
         self.fc = fc
+        self.released = released
+        self.fusion_rows = "all" if released else fc.fusion_rows
         self.texts = texts
         self.context_length = context_length
         width = token_embedding.weight.shape[1]
@@ -349,7 +388,9 @@ class MultiLevelPrompts(nn.Module):
         self.n_ab = fc.abnormal_ctx_len
         self.ctx_normal = nn.Parameter(torch.randn(fc.n_pro, fc.n_normal_ctx, width) * fc.ctx_init_std)
         self.ctx_abnormal = nn.Parameter(torch.randn(fc.n_abnormal_ctx, fc.abnormal_ctx_len, width) * fc.ctx_init_std)
-        self.fusion_weights = nn.Parameter(torch.zeros(2 * len(ATTRIBUTE_KINDS)))  # sigma(0) = 1/2 at the start
+        n_weights = 2 * len(ATTRIBUTE_KINDS)
+        # sigma(0) = 1/2 at the start: every attribute counts the same until training says otherwise
+        self.fusion_weights = nn.Parameter(torch.randn(n_weights) if released else torch.zeros(n_weights))
         self._tokenizer = tokenizer
         self._embedding = token_embedding
         try:
@@ -372,6 +413,14 @@ class MultiLevelPrompts(nn.Module):
         pos = torch.arange(tokens.shape[1])
         words = ((pos[None, :] >= 1) & (pos[None, :] < eot[:, None])).to(emb.dtype).to(emb.device)
         return ((emb.mean(-1) * words).sum(-1) / words.sum(-1).clamp_min(1.0)).cpu()
+
+    @torch.no_grad()
+    def _assembled_score(self, texts: list[str]) -> Tensor:
+        """Mean over all 77 rows and channels of each text's prompt as assembled with N_1 (the released rule)."""
+        tokens = self._tokens(texts, self.n_ctx)
+        emb = self._embedding(tokens.to(self._embedding.weight.device)).float().clone()
+        emb[:, 1:1 + self.n_ctx] = self.ctx_normal[0].float().to(emb.device)
+        return emb.mean(dim=(1, 2)).cpu()
 
     def _expand(self, texts: Sequence[str], learned: bool) -> list[_Entry]:
         """Text-major: every text with every normal context (and every abnormal context if learned)."""
@@ -416,7 +465,8 @@ class MultiLevelPrompts(nn.Module):
                 tgt = spans[image.name]
                 src_n = add(plain, None, self._expand([attr.normal], False))
                 fusion_plain.extend((t, s, a) for t, s in zip(range(*tgt["normal"]), range(*src_n), strict=True))
-                cut = _top_by_embedding(attr.handle, len(image.handle), self._word_score)
+                rank = self._assembled_score if self.released else self._word_score
+                cut = _top_by_embedding(attr.handle, len(image.handle), rank)
                 if cut:
                     src_h = add(plain, None, self._expand(cut, False))
                     fusion_plain.extend(
@@ -471,7 +521,7 @@ class MultiLevelPrompts(nn.Module):
         source = torch.tensor([f[1] for f in fusion], dtype=torch.long)
         weight = torch.tensor([f[2] for f in fusion], dtype=torch.long)
         pos = torch.arange(self.context_length)
-        if self.fc.fusion_rows == "all":
+        if self.fusion_rows == "all":
             rows = torch.ones(len(fusion), self.context_length)
         else:  # the attribute's word rows, before the image prompt's EOT (module docstring)
             first = 1 + n_ctx

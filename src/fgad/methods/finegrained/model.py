@@ -15,7 +15,9 @@ Inference, per image:
    ``s = 1 / (1/s_t + 1/max Up(V))``. Without references (no shots loaded) ``T`` stands in for ``V``
    in both (CHOICE: FineGrainedAD is few-shot; this keeps a zero-shot call meaningful).
 
-Upsampling is bilinear with ``align_corners=True``, as in the rest of fgad and the runtime. ``t`` is the
+Upsampling is bilinear with ``finegrained.align_corners`` (default False, as the released code: each token
+covers a p×p square, and True would shift the edge tokens outwards by half a token; the bundle's
+``post.align_corners`` tells the runtime the same). ``t`` is the
 CLIP model's raw ``logit_scale`` (F3) unless ``finegrained.logit_scale`` sets it.
 """
 
@@ -92,7 +94,12 @@ def choose_pairs(
 
 
 def fuse_and_score(
-    text_map: Tensor, visual_map: Tensor | None, global_prob: Tensor, output_size: int, blur: nn.Module
+    text_map: Tensor,
+    visual_map: Tensor | None,
+    global_prob: Tensor,
+    output_size: int,
+    blur: nn.Module,
+    align_corners: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Pixel map ``G_σ(Up(T ⊕ V))`` ``[B, O, O]`` and image score ``s_t ⊕ max Up(V)`` (⊕: ``1/(1/a + 1/b)``).
 
@@ -100,9 +107,9 @@ def fuse_and_score(
     """
     reference = text_map if visual_map is None else visual_map
     fused = text_map if visual_map is None else harmonic_fusion(text_map, visual_map)
-    up = upsample(fused.unsqueeze(1), output_size, align_corners=True)
+    up = upsample(fused.unsqueeze(1), output_size, align_corners=align_corners)
     anomaly_map = blur(up)[:, 0]
-    peak = upsample(reference.unsqueeze(1), output_size, align_corners=True).flatten(1).amax(dim=1)
+    peak = upsample(reference.unsqueeze(1), output_size, align_corners=align_corners).flatten(1).amax(dim=1)
     return anomaly_map, harmonic_fusion(global_prob, peak)
 
 
@@ -120,11 +127,13 @@ class FineGrainedAD(nn.Module):
         self.cfg = cfg
         self.texts = texts
         self.class_name = texts.class_name
-        self.backbone = ClipDualPath(clip.visual, bb, tuple(fc.gallery_layers), (bb.layers,))
+        self.backbone = ClipDualPath(clip.visual, bb, tuple(fc.gallery_layers), (bb.layers,),
+                                     aliasing=cfg.reproduce == "released")
         self.text_encoder = TextEncoder(clip)
         for p in list(self.backbone.parameters()) + list(self.text_encoder.parameters()):
             p.requires_grad_(False)
-        self.prompts = MultiLevelPrompts(fc, texts, tokenizer, clip.token_embedding, bb.context_length)
+        self.prompts = MultiLevelPrompts(fc, texts, tokenizer, clip.token_embedding, bb.context_length,
+                                         released=cfg.reproduce == "released")
         scale = fc.logit_scale if fc.logit_scale is not None else float(clip.logit_scale.detach())
         self.register_buffer("logit_scale", torch.tensor(float(scale)), persistent=False)
         self.memory = PatchMemory(len(fc.gallery_layers), dims=bb.width)
@@ -230,7 +239,8 @@ class FineGrainedAD(nn.Module):
         text_map, global_prob, choice = self.text_map(visual, self.text_pairs())
         visual_map = self.visual_map(visual) if (use_memory and self.memory.has_memory) else None
         anomaly_map, score = fuse_and_score(
-            text_map, visual_map, global_prob, self.cfg.finegrained.output_size, self.blur
+            text_map, visual_map, global_prob, self.cfg.finegrained.output_size, self.blur,
+            self.cfg.finegrained.align_corners,
         )
         return FgadOutput(anomaly_map, score, global_prob, choice, text_map, visual_map)
 

@@ -276,6 +276,7 @@ def cli_train(
     resume: bool = True,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    reproduce: str | None = None,
 ) -> FgadTrainResult:
     """``fgad-train`` for a config with ``method: finegrained`` (the CLI's options, already parsed)."""
     from fgad.config import load_config
@@ -298,8 +299,10 @@ def cli_train(
     overrides: dict[str, Any] = {"model": {"finegrained": fgad_over}}
     if pretrained is not None:
         overrides["model"]["backbone"] = {"pretrained": pretrained}
+    if reproduce is not None:
+        overrides["model"]["reproduce"] = reproduce
     config = load_config(config_name, overrides)
-    texts = class_texts(config.model.finegrained, class_name)
+    texts = class_texts(config.model.finegrained, class_name, released=config.model.reproduce == "released")
     model = build_finegrained(config.model, texts)
     echo(f"{class_name}: {len(texts.pair_names)} prompt pairs ({', '.join(texts.pair_names)}), "
          f"{model.prompts.num_encoded} prompts, {sum(p.numel() for p in model.prompts.parameters())} trainable numbers")

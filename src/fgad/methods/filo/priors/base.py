@@ -127,15 +127,22 @@ def best_box_position(boxes: torch.Tensor, valid: torch.Tensor, scores: torch.Te
     return cell_index(torch.where(has_box, cx, centre), torch.where(has_box, cy, centre), size)
 
 
-def region_from_boxes(boxes: torch.Tensor, valid: torch.Tensor, size: int) -> torch.Tensor:
+def region_from_boxes(boxes: torch.Tensor, valid: torch.Tensor, size: int, released: bool = False) -> torch.Tensor:
     """R = union of the valid boxes as a ``[B, 1, s, s]`` float mask; the whole image when none is valid.
 
-    A pixel is inside a box when its centre is (edges inclusive).
+    A pixel is inside a box when its centre is (edges inclusive): symmetric, and for integer corners the
+    same pixels as the released code. ``released``: the released slice ``[int(y0):int(y1), int(x0):int(x1)]``
+    (corners truncated, far edge exclusive), one pixel different at a fractional corner.
     """
-    centres = torch.arange(size, device=boxes.device, dtype=boxes.dtype) + 0.5  # [s]
     x0, y0, x1, y1 = (boxes[..., i].unsqueeze(-1) for i in range(4))  # [B, K, 1]
-    in_x = ((centres >= x0) & (centres <= x1)).to(boxes.dtype)  # [B, K, s]
-    in_y = ((centres >= y0) & (centres <= y1)).to(boxes.dtype)
+    if released:
+        pixels = torch.arange(size, device=boxes.device, dtype=boxes.dtype)
+        in_x = ((pixels >= torch.trunc(x0)) & (pixels < torch.trunc(x1))).to(boxes.dtype)
+        in_y = ((pixels >= torch.trunc(y0)) & (pixels < torch.trunc(y1))).to(boxes.dtype)
+    else:
+        centres = torch.arange(size, device=boxes.device, dtype=boxes.dtype) + 0.5  # [s]
+        in_x = ((centres >= x0) & (centres <= x1)).to(boxes.dtype)  # [B, K, s]
+        in_y = ((centres >= y0) & (centres <= y1)).to(boxes.dtype)
     weight = valid.to(boxes.dtype).unsqueeze(-1)  # [B, K, 1]
     inside = torch.einsum("bky,bkx->bkyx", in_y * weight, in_x).amax(dim=1)  # [B, s, s]
     no_box = 1.0 - weight.amax(dim=1, keepdim=True)  # [B, 1, 1]: 1 where no box is valid

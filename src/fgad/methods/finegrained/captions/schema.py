@@ -45,7 +45,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fgad.data.descriptions import BUILTIN_BANKS, UnknownClassError, anomaly_phrases, known_classes, load_bank
+from fgad.data.descriptions import (
+    BUILTIN_BANKS,
+    ORACLE_BANKS,
+    UnknownClassError,
+    anomaly_phrases,
+    known_classes,
+    load_bank,
+)
 
 __all__ = [
     "COLORS",
@@ -528,8 +535,9 @@ def defect_phrases(class_name: str, dataset: str | None = None) -> tuple[str, ..
 
     Args:
         class_name: dataset class id, e.g. ``"bottle"``.
-        dataset: a built-in bank name (``mvtec``, ``visa``, ``magnetic_tile``, ``synthetic``):
-            only that bank is searched; or the path of a bank JSON ``{"class": ["phrase", ...]}``,
+        dataset: a built-in bank name (``mvtec``, ``visa``, ``magnetic_tile``, ``synthetic``, or an
+            oracle bank ``mvtec_oracle``... for ablations): only that bank is searched; or the path of
+            a bank JSON ``{"class": ["phrase", ...]}``,
             searched before the built-in banks; ``None``: the built-in banks in their usual order.
 
     Raises:
@@ -538,11 +546,12 @@ def defect_phrases(class_name: str, dataset: str | None = None) -> tuple[str, ..
     key = class_name.strip() if isinstance(class_name, str) else ""
     if not key:
         raise CaptionError(f"defect_phrases() needs a class name such as 'bottle', got {class_name!r}.")
-    banks: list[str] = [dataset] if dataset is not None and dataset in BUILTIN_BANKS else [
+    named = BUILTIN_BANKS + ORACLE_BANKS
+    banks: list[str] = [dataset] if dataset is not None and dataset in named else [
         *([dataset] if dataset is not None else []), *BUILTIN_BANKS]
     phrases: list[str] | None = None
     try:
-        if dataset is not None and dataset in BUILTIN_BANKS:
+        if dataset is not None and dataset in named:
             bank = load_bank(dataset)  # only this bank: "tile" of "synthetic" is not MVTec's tile
             folded = {c.lower(): c for c in bank}
             if key.lower() in folded:
