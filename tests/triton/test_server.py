@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from fgad.runtime.pipeline import Detector
-from tests.triton.conftest import class_bundle
+from tests.triton.conftest import HAVE_SERVER, NO_SERVER, class_bundle
 
-pytestmark = [pytest.mark.triton, pytest.mark.timeout(300)]
+# every test here talks to a real server (the module-level skip also covers tests that start their own)
+pytestmark = [pytest.mark.triton, pytest.mark.timeout(300), pytest.mark.skipif(not HAVE_SERVER, reason=NO_SERVER)]
 
 
 def _want(bundle_path: Path, images: list[np.ndarray]) -> list:
