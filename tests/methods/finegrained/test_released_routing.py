@@ -153,3 +153,15 @@ def test_export_module_routes_as_the_model(released_model: FineGrainedAD) -> Non
     torch.testing.assert_close(got[0], text_map)
     torch.testing.assert_close(got[1], prob)
     assert torch.equal(got[2], choice)
+
+
+def test_released_test_images_are_bgr_through_the_rgb_normalisation() -> None:
+    """F4: the released test normalised BGR pixels with the RGB mean and std; written out per channel."""
+    from fgad.methods.finegrained.evaluate import released_bgr
+
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    raw = torch.rand(2, 3, 4, 5, generator=torch.Generator().manual_seed(2))
+    rgb = torch.stack([(raw[:, c] - mean[c]) / std[c] for c in range(3)], dim=1)
+    want = torch.stack([(raw[:, 2 - c] - mean[c]) / std[c] for c in range(3)], dim=1)
+    torch.testing.assert_close(released_bgr(rgb, mean, std), want, atol=1e-6, rtol=0)
+    assert float((want - rgb).abs().max()) > 0.1
