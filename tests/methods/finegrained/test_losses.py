@@ -92,3 +92,29 @@ def test_total_assembles_the_levels() -> None:
     assert total.item() == pytest.approx(parts["v2t"] + parts["eam"] + lam * parts["match"] + parts["reg"], rel=1e-5)
     with pytest.raises(ValueError, match="levels"):
         mlsa_loss(patches, weights[:1], feats, 1, 2, scale)
+
+
+def test_released_eam_sums_over_the_token_axis() -> None:
+    """F2 (``model.reproduce: released``): the release's ``sum(dim=1)`` on ``[k, N, C]``, written out by hand."""
+    n = torch.nn.functional.normalize
+    gen = torch.Generator().manual_seed(3)
+    x = n(torch.randn(2, 5, 4, generator=gen), dim=-1)
+    normal, direction = n(torch.randn(4, generator=gen), dim=0), n(torch.randn(4, generator=gen), dim=0)
+    by_hand = []
+    for k in range(2):
+        for c in range(4):
+            to_n = sum(float(x[k, u, c] - normal[c]) ** 2 for u in range(5))
+            to_a = sum(float(x[k, u, c] - direction[c]) ** 2 for u in range(5))
+            by_hand.append(max(0.0, to_n - to_a + 1.0))
+    got = eam_loss(x, normal, direction, 1.0, norm_dim=1)
+    assert got.item() == pytest.approx(sum(by_hand) / len(by_hand), rel=1e-5)
+    ours = eam_loss(x, normal, direction, 1.0)
+    assert abs(got.item() - ours.item()) > 1e-3  # the two modes differ on the same inputs
+
+    feats = _features()
+    weights = 1 + 1.5 * (torch.rand(2, 2, 3, generator=gen) > 0.5).float()
+    patches = n(torch.randn(2, 3, 2, generator=gen), dim=-1)
+    default, _ = mlsa_loss(patches, weights, feats, 1, 2, 4.6)
+    released, parts = mlsa_loss(patches, weights, feats, 1, 2, 4.6, released=True)
+    assert parts["eam"] != pytest.approx(mlsa_loss(patches, weights, feats, 1, 2, 4.6)[1]["eam"], rel=1e-3)
+    assert released.item() != pytest.approx(default.item(), rel=1e-4)

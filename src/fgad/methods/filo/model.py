@@ -23,6 +23,7 @@ from fgad.core.cells import NUM_POSITIONS
 from fgad.methods.filo.heads import Adapter, LinearStageHeads, MDCIHead
 from fgad.methods.filo.priors.base import BoxPrior, BoxPriorResult
 from fgad.methods.filo.prompts import PromptLearner
+from fgad.methods.filo.released import released_maps, released_stage_logits
 from fgad.methods.filo.scoring import filter_masks, l2n, masked_direction, two_way_logits, two_way_probs
 
 
@@ -40,8 +41,8 @@ class FiloOutput(NamedTuple):
     global_prob: torch.Tensor  # [B], p_a of the global feature
     global_logits: torch.Tensor  # [B, 2]
     stage_probs: tuple[torch.Tensor, ...]  # per stage [B, 2, g, g]: 4 linear then 3 MDCI
-    vl_map: torch.Tensor  # [B, s, s], M^vl after suppression
-    fewshot_map: torch.Tensor | None  # [B, s, s], M^few after suppression
+    vl_map: torch.Tensor  # [B, s, s], M^vl after suppression (reproduce "released": blurred, before suppression)
+    fewshot_map: torch.Tensor | None  # [B, s, s], M^few after suppression (released: blurred, before)
     best_description: torch.Tensor  # [B] abnormal prompt (selected positions) closest to G_a
     prior: BoxPriorResult | None = None  # the box prior's boxes, region and position, when one ran
 
@@ -82,7 +83,8 @@ class FiLoPlusPlus(nn.Module):
 
     # ------------------------------------------------------------------ pieces
     def set_reproduce(self, mode: str) -> None:
-        """Switch ``model.reproduce`` of a built or loaded model ("fgad" or "released": the aliased features)."""
+        """Switch ``model.reproduce`` of a built or loaded model ("fgad" or "released": the aliased features and
+        the released test's scoring and blur, :mod:`fgad.methods.filo.released`)."""
         from fgad.config import replace
 
         self.cfg = replace(self.cfg, reproduce=mode)  # validated: an unknown mode raises ConfigError
@@ -115,15 +117,30 @@ class FiLoPlusPlus(nn.Module):
             keep_n, keep_a = torch.ones(normal.shape[:2], dtype=torch.bool, device=normal.device), valid
         return TextPair(masked_direction(normal, keep_n), masked_direction(abnormal, keep_a), abnormal, keep_a, valid)
 
-    def stage_probabilities(self, feats: VisualFeatures, pair: TextPair) -> tuple[torch.Tensor, ...]:
-        """Per-stage [B, 2, g, g] probabilities: linear stages, then MDCI stages (mean over kernels)."""
+    def head_features(self, feats: VisualFeatures) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+        """The linear heads' [B, N, C] features and, per MDCI stage, its kernels' [B, N, C] features."""
+        ori_linear = tuple(feats.ori[i] for i in self._linear_index)
+        return list(self.linear_heads(ori_linear)), self.mdci(feats.vv)
+
+    def stage_probabilities(
+        self,
+        feats: VisualFeatures,
+        pair: TextPair,
+        heads: tuple[list[torch.Tensor], list[list[torch.Tensor]]] | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """Per-stage [B, 2, g, g] probabilities: linear stages, then MDCI stages (mean over kernels).
+
+        ``heads``: :meth:`head_features` already computed for ``feats`` (else computed here)."""
         g = self.cfg.backbone.grid
         tau = self.cfg.heads.tau_local
-        ori_linear = tuple(feats.ori[i] for i in self._linear_index)
+        if heads is None:
+            ori_linear = tuple(feats.ori[i] for i in self._linear_index)
+            heads = (list(self.linear_heads(ori_linear)), self.mdci(feats.vv))
+        linear, mdci = heads
         out: list[torch.Tensor] = []
-        for f in self.linear_heads(ori_linear):
+        for f in linear:
             out.append(two_way_probs(l2n(f), pair.t_normal, pair.t_abnormal, tau).unflatten(2, (g, g)))
-        for kernels in self.mdci(feats.vv):
+        for kernels in mdci:
             probs = [two_way_probs(l2n(f), pair.t_normal, pair.t_abnormal, tau) for f in kernels]
             out.append(torch.stack(probs, dim=0).mean(dim=0).unflatten(2, (g, g)))
         return tuple(out)
@@ -188,16 +205,24 @@ class FiLoPlusPlus(nn.Module):
         global_logits = two_way_logits(g_adapted, pair.t_normal, pair.t_abnormal, self.cfg.heads.tau_global)
         global_prob = global_logits.softmax(dim=1)[:, 1]
 
-        stage_probs = self.stage_probabilities(feats, pair)
-        vl = self.vl_map(stage_probs)
+        heads = self.head_features(feats)
+        stage_probs = self.stage_probabilities(feats, pair, heads)
         few = self.fewshot_map(feats) if (use_memory and self.memory.has_memory) else None
-        if region is not None:
-            lam = self.cfg.post.suppression
-            vl = suppress_outside(vl.unsqueeze(1), region, lam)[:, 0]
-            few = suppress_outside(few.unsqueeze(1), region, lam)[:, 0] if few is not None else None
-        fused = vl if few is None else (vl + few) / 2.0
-        anomaly_map = self.blur(fused.unsqueeze(1))[:, 0]
-        image_score = 0.5 * (global_prob + anomaly_map.flatten(1).amax(dim=1))
+        if self.cfg.reproduce == "released":  # the released test's scoring and blur (released.py)
+            logits = released_stage_logits(*heads, pair.t_normal, pair.t_abnormal, self.cfg.heads.tau_local,
+                                           self.cfg.backbone.grid)
+            rel = released_maps(logits, few, g_adapted, pair.t_abnormal, region, self.cfg.post.suppression,
+                                self.cfg.backbone.image_size)
+            anomaly_map, image_score, vl, few = rel
+        else:
+            vl = self.vl_map(stage_probs)
+            if region is not None:
+                lam = self.cfg.post.suppression
+                vl = suppress_outside(vl.unsqueeze(1), region, lam)[:, 0]
+                few = suppress_outside(few.unsqueeze(1), region, lam)[:, 0] if few is not None else None
+            fused = vl if few is None else (vl + few) / 2.0
+            anomaly_map = self.blur(fused.unsqueeze(1))[:, 0]
+            image_score = 0.5 * (global_prob + anomaly_map.flatten(1).amax(dim=1))
 
         sims = torch.einsum("bc,bpc->bp", g_adapted, pair.abnormal)
         sims = torch.where(pair.valid_abnormal, sims, torch.full_like(sims, -2.0))

@@ -22,7 +22,16 @@ import torch
 from fgad.methods.finegrained.combined import CombinedModel
 from fgad.methods.finegrained.model import FineGrainedAD
 
-__all__ = ["evaluate_class_fgad", "load_references"]
+__all__ = ["evaluate_class_fgad", "load_references", "released_bgr"]
+
+
+def released_bgr(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """F4 (``model.reproduce: released``): the release fed its test images as BGR through the RGB
+    normalisation. From images normalised as RGB ``[B, 3, H, W]``: ``(raw[2 - c] - mean[c]) / std[c]``."""
+    m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    sd = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    raw = images * sd + m
+    return (raw.flip(1) - m) / sd
 
 
 def load_references(model: FineGrainedAD | CombinedModel, paths: list[str]) -> None:
@@ -78,9 +87,10 @@ def evaluate_class_fgad(
     info["reference_images"] = list(model.reference_paths)
     label = "FiLo++ + FineGrainedAD" if model.method == "combined" else "FineGrainedAD"
     names = model.pair_names
+    bgr = model.method == "finegrained" and model.cfg.reproduce == "released"  # F4: test images fed as BGR
     metrics, predictions, seconds = score_samples(
         test_samples(root, class_name, settings.max_images),
-        lambda x: model(x, class_name),
+        lambda x: model(released_bgr(x, model.cfg.backbone.mean, model.cfg.backbone.std) if bgr else x, class_name),
         lambda out, j: {"best_description": names[int(out.best_description[j])]},
         root=root,
         class_name=class_name,

@@ -84,6 +84,12 @@ class FgadExportModule(nn.Module):
         self.register_buffer("t_normal", t_normal.detach().clone())
         self.register_buffer("t_abnormal", t_abnormal.detach().clone())
         self.register_buffer("logit_scale", model.logit_scale.detach().clone())
+        route = model.routing_keys((t_normal, t_abnormal))  # released mode: the untrained QueryFormer's keys (F1)
+        self.route: Tensor | None
+        if route is None:
+            self.route = None
+        else:
+            self.register_buffer("route", route.detach().clone())
         self.grid = model.cfg.backbone.grid
         self.output_names = fgad_output_names(model.cfg.finegrained.gallery_layers)
 
@@ -93,14 +99,14 @@ class FgadExportModule(nn.Module):
 
         with torch.no_grad():
             g = dual_path_features(self.backbone, images).global_normed
-            sims = (g @ self.t_normal.T).cpu().numpy()
+            sims = (g @ (self.t_normal if self.route is None else self.route).T).cpu().numpy()
         rows = np.arange(sims.shape[0])
         return np.abs(sims[rows, got] - sims[rows, want]) <= TIE_TOLERANCE
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         visual = dual_path_features(self.backbone, image)
-        tokens, _ = choose_pairs(visual.patches, self.t_normal, self.t_abnormal, self.logit_scale)
-        prob, choice = choose_pairs(visual.global_normed, self.t_normal, self.t_abnormal, self.logit_scale)
+        tokens, _ = choose_pairs(visual.patches, self.t_normal, self.t_abnormal, self.logit_scale, self.route)
+        prob, choice = choose_pairs(visual.global_normed, self.t_normal, self.t_abnormal, self.logit_scale, self.route)
         return (tokens.unflatten(1, (self.grid, self.grid)), prob, choice, *visual.gallery)
 
 

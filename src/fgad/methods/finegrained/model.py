@@ -7,7 +7,8 @@ Inference, per image:
    original path at the gallery layers (patch tokens only);
 2. text pairs ``T_f = (T^n_f, T^a_f)`` of every family (entities, image, background; MLLP), computed
    once and cached while the model is in eval mode without gradients;
-3. token-wise pair choice (CHOICE, replaces the released code's untrained projection, F1):
+3. token-wise pair choice (CHOICE, replaces the released code's untrained projection, F1, which
+   ``model.reproduce: released`` keeps: :mod:`fgad.methods.finegrained.query_former`):
    ``π(u) = argmax_f cos(F_u, T^n_f)``; textual map ``softmax(t [<F_u, T^n_π>, <F_u, T^a_π>])_2`` with
    ``gather`` (no loops, no boolean indexing: export-safe); the global score ``s_t`` is the same for ``G``;
 4. visual map ``V = ½ · mean over gallery layers of min(1 − cos)`` against the shots' gallery tokens;
@@ -34,6 +35,7 @@ from fgad.backbone.fewshot import PatchMemory
 from fgad.backbone.postprocess import GaussianBlur, harmonic_fusion, upsample
 from fgad.config import ModelConfig
 from fgad.methods.finegrained.mllp import MllpTexts, MultiLevelPrompts, PromptFeatures
+from fgad.methods.finegrained.query_former import UntrainedQueryFormer
 from fgad.methods.finegrained.regions import split_tiles, stitch_tiles
 
 __all__ = [
@@ -72,7 +74,7 @@ def dual_path_features(backbone: ClipDualPath, images: Tensor) -> FgadVisual:
 
 
 def choose_pairs(
-    features: Tensor, t_normal: Tensor, t_abnormal: Tensor, scale: Tensor | float
+    features: Tensor, t_normal: Tensor, t_abnormal: Tensor, scale: Tensor | float, route: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Token-wise pair choice and two-way score.
 
@@ -80,13 +82,15 @@ def choose_pairs(
         features: normalised ``[..., C]`` (tokens ``[B, N, C]`` or global ``[B, C]``).
         t_normal, t_abnormal: the pairs ``[P, C]`` (normalised).
         scale: ``t``.
+        route: normalised ``[P, C]`` keys the choice is made against instead of ``T^n`` (the released
+            code's untrained QueryFormer, :mod:`fgad.methods.finegrained.query_former`).
 
     Returns:
-        ``(p_abnormal [...], choice [...] int64)`` with ``choice = argmax_f <x, T^n_f>`` and
-        ``p = softmax(t [<x, T^n_choice>, <x, T^a_choice>])_2``.
+        ``(p_abnormal [...], choice [...] int64)`` with ``choice = argmax_f <x, T^n_f>`` (or ``<x, route_f>``)
+        and ``p = softmax(t [<x, T^n_choice>, <x, T^a_choice>])_2``.
     """
     sim_n = features @ t_normal.T  # [..., P]
-    choice = sim_n.argmax(dim=-1, keepdim=True)
+    choice = (sim_n if route is None else features @ route.T).argmax(dim=-1, keepdim=True)
     normal = sim_n.gather(-1, choice)
     abnormal = (features @ t_abnormal.T).gather(-1, choice)
     probs = (torch.cat([normal, abnormal], dim=-1) * scale).softmax(dim=-1)[..., 1]
@@ -138,6 +142,9 @@ class FineGrainedAD(nn.Module):
         self.register_buffer("logit_scale", torch.tensor(float(scale)), persistent=False)
         self.memory = PatchMemory(len(fc.gallery_layers), dims=bb.width)
         self.blur = GaussianBlur(fc.output_size, sigma=fc.sigma, truncate=fc.truncate)
+        # F1, released mode only: the untrained QueryFormer's random routing (seeded with finegrained.seed)
+        self.query_former = (UntrainedQueryFormer(bb.embed_dim, len(texts.pair_names), fc.seed)
+                             if cfg.reproduce == "released" else None)
         self.reference_paths: list[str] = []  # the shots the galleries hold (recorded for eval and export)
         self._pair_cache: tuple[tuple[object, ...], tuple[Tensor, Tensor]] | None = None
 
@@ -204,11 +211,18 @@ class FineGrainedAD(nn.Module):
         self.reference_paths = []
 
     # ------------------------------------------------------------------ maps
+    def routing_keys(self, pairs: tuple[Tensor, Tensor]) -> Tensor | None:
+        """The keys the pair choice is made against: None (``T^n``), or in the released mode ``n(QF(T^n, T^a))``."""
+        if self.query_former is None:
+            return None
+        return F.normalize(self.query_former(pairs[0], pairs[1]), dim=-1)
+
     def text_map(self, visual: FgadVisual, pairs: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """(T_map [B, g, g], s_t [B], pair chosen by G [B])."""
         g = self.cfg.backbone.grid
-        tokens, _ = choose_pairs(visual.patches, pairs[0], pairs[1], self.logit_scale)
-        global_prob, global_choice = choose_pairs(visual.global_normed, pairs[0], pairs[1], self.logit_scale)
+        route = self.routing_keys(pairs)
+        tokens, _ = choose_pairs(visual.patches, pairs[0], pairs[1], self.logit_scale, route)
+        global_prob, global_choice = choose_pairs(visual.global_normed, pairs[0], pairs[1], self.logit_scale, route)
         return tokens.unflatten(1, (g, g)), global_prob, global_choice
 
     def visual_map(self, visual: FgadVisual) -> Tensor:

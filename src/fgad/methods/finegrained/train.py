@@ -229,6 +229,7 @@ def train_finegrained(
             loss, parts = mlsa_loss(
                 patches, regions.weights, model.prompt_features(), model.image_family, model.background_family,
                 model.logit_scale, margin=fc.margin, lambda_match=fc.lambda_match,
+                released=model.cfg.reproduce == "released",
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
