@@ -56,10 +56,6 @@ def export_plan(model: FiLoPlusPlus, class_name: str, refs: Sequence[str | os.Pa
     ``grounding-dino`` is refused: PyTorch path only) and the export wrapper."""
     from fgad.export.bundle import load_reference_images
 
-    if model.cfg.reproduce == "released":
-        raise ValueError("this FiLo++ model scores with reproduce='released' (the released code's numerics, PyTorch "
-                         "path only); a bundle holds fgad's own numerics: load it with reproduce 'fgad' "
-                         "(model.set_reproduce('fgad')) before exporting, or evaluate the released mode with fgad-eval")
     if options.text_mode not in TEXT_MODES:
         raise ValueError(f"text_mode={options.text_mode!r}: use one of {TEXT_MODES}")
     deform = normalize_deform(options.deform)
@@ -69,6 +65,10 @@ def export_plan(model: FiLoPlusPlus, class_name: str, refs: Sequence[str | os.Pa
             "exported with deform='onnx' (DeformConv) and the plugin nodes are made when the TensorRT engine is "
             "built (fgad.export.engine_bundle.add_engine(..., deform='plugin'); fgad-export --deform plugin does both)"
         )
+    if model.cfg.reproduce == "released":
+        raise ValueError("this FiLo++ model scores with reproduce='released' (the released code's numerics, PyTorch "
+                         "path only); a bundle holds fgad's own numerics: load it with reproduce 'fgad' "
+                         "(model.set_reproduce('fgad')) before exporting, or evaluate the released mode with fgad-eval")
     cfg = model.cfg
     model = model.eval()
     ref_paths = [Path(p) for p in refs] if refs else []

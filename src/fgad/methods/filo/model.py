@@ -133,14 +133,13 @@ class FiLoPlusPlus(nn.Module):
         ``heads``: :meth:`head_features` already computed for ``feats`` (else computed here)."""
         g = self.cfg.backbone.grid
         tau = self.cfg.heads.tau_local
-        if heads is None:
-            ori_linear = tuple(feats.ori[i] for i in self._linear_index)
-            heads = (list(self.linear_heads(ori_linear)), self.mdci(feats.vv))
-        linear, mdci = heads
+        # without ``heads``: the linear stages before the MDCI heads run, the order of the exported graph (golden
+        # bundles pin it)
+        linear = self.linear_heads(tuple(feats.ori[i] for i in self._linear_index)) if heads is None else heads[0]
         out: list[torch.Tensor] = []
         for f in linear:
             out.append(two_way_probs(l2n(f), pair.t_normal, pair.t_abnormal, tau).unflatten(2, (g, g)))
-        for kernels in mdci:
+        for kernels in (self.mdci(feats.vv) if heads is None else heads[1]):
             probs = [two_way_probs(l2n(f), pair.t_normal, pair.t_abnormal, tau) for f in kernels]
             out.append(torch.stack(probs, dim=0).mean(dim=0).unflatten(2, (g, g)))
         return tuple(out)
@@ -205,7 +204,7 @@ class FiLoPlusPlus(nn.Module):
         global_logits = two_way_logits(g_adapted, pair.t_normal, pair.t_abnormal, self.cfg.heads.tau_global)
         global_prob = global_logits.softmax(dim=1)[:, 1]
 
-        heads = self.head_features(feats)
+        heads = self.head_features(feats) if self.cfg.reproduce == "released" else None
         stage_probs = self.stage_probabilities(feats, pair, heads)
         few = self.fewshot_map(feats) if (use_memory and self.memory.has_memory) else None
         if self.cfg.reproduce == "released":  # the released test's scoring and blur (released.py)
